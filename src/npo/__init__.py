@@ -1,0 +1,1 @@
+"""npo: unlearning for language models with Negative Preference Optimization."""

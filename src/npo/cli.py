@@ -1,0 +1,66 @@
+"""`npo` command line: thin dispatch to the modules that implement each command.
+
+Each command module exposes `add_arguments(parser)` and `main(args) -> int`. Modules are imported
+only for the command that runs, so `npo --help` stays fast and does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from npo.errors import NpoError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "unlearn": ("npo.commands.unlearn", "unlearn a forget set from a causal LM (NPO, GA, DPO, ...)"),
+    "finetune": ("npo.commands.finetune", "fine-tune a causal LM on a QA set (plain NLL)"),
+    "eval": ("npo.commands.evaluate", "TOFU evaluation of a model: per-item logs and aggregate metrics"),
+    "metrics": ("npo.commands.metrics", "TOFU aggregates (Model Utility, Forget Quality) from existing logs"),
+    "testbed": ("npo.commands.testbed", "write the built-in dataset of fictitious people in the TOFU layout"),
+    "demo": ("npo.commands.demo", "the whole pipeline offline on the built-in testbed, with a report"),
+    "synthetic": ("npo.synthetic_cli", "the paper's synthetic experiment (Figures 3, 4 and 9)"),
+    "probe": ("npo.commands.probe", "membership-inference and robustness probes of an unlearned model"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npo", description="Unlearning for language models with NPO.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
+                        help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] not in COMMANDS:
+        top.parse_args(argv[:1])  # prints the usage error and exits 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"npo {name}", description=COMMANDS[name][1])
+    parser.add_argument("--debug", action="store_true", default=debug, help="show tracebacks on errors")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.main(args) or 0)
+    except NpoError as err:
+        if args.debug:
+            raise
+        print(f"npo {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"npo {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

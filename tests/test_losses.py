@@ -1,0 +1,90 @@
+"""Closed-form checks of the loss family (SPEC section 3), values derived by hand."""
+
+import math
+
+import pytest
+import torch
+
+from npo import losses
+from npo.losses import METHODS, dpo_loss, ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+
+
+def test_npo_at_reference_is_2_over_beta_log2():
+    logp = torch.tensor([-5.0, -50.0, -0.3])
+    for beta in (0.1, 0.5, 2.0):
+        assert npo_loss(logp, logp.clone(), beta).item() == pytest.approx(2 / beta * math.log(2), rel=1e-6)
+    assert npo_loss(logp, logp, 0.1).item() == pytest.approx(13.8629, abs=1e-4)
+
+
+def test_npo_hand_checked_example_and_weight_by_autograd():
+    # beta = 0.1, delta = [0, -10, 10]: per-example (2/0.1) log(1 + e^{0.1 delta})
+    # = 20 log 2, 20 log(1 + e^-1), 20 log(1 + e) = [13.8629, 6.2652, 26.2652]; mean 15.4645.
+    delta = torch.tensor([0.0, -10.0, 10.0], requires_grad=True)
+    ref = torch.zeros(3)
+    loss = npo_loss(delta, ref, 0.1)
+    assert loss.item() == pytest.approx(15.4645, abs=1e-4)
+    per_example = [(2 / 0.1) * math.log1p(math.exp(0.1 * d)) for d in (0.0, -10.0, 10.0)]
+    assert per_example == pytest.approx([13.8629, 6.2652, 26.2652], abs=1e-4)
+    loss.backward()
+    # dL/d delta_i = W_i / 3 with W = 2 sigmoid(0.1 delta) = [1, 0.5379, 1.4621]
+    w = npo_weight(delta.detach(), ref, 0.1)
+    assert w.tolist() == pytest.approx([1.0, 0.5379, 1.4621], abs=1e-4)
+    assert delta.grad.tolist() == pytest.approx((w / 3).tolist(), abs=1e-6)
+
+
+def test_npo_beta_to_zero_tends_to_mean_log_ratio():
+    logp, ref = torch.tensor([-3.0, -7.0, -1.5]), torch.tensor([-2.0, -4.0, -6.0])
+    target = (logp - ref).mean().item()
+    beta = 1e-4
+    gap = npo_loss(logp, ref, beta).item() - 2 / beta * math.log(2)
+    assert gap == pytest.approx(target, abs=1e-3)
+
+
+def test_first_npo_step_is_ga_on_summed_logprobs():
+    logp = torch.tensor([-4.0, -9.0], requires_grad=True)
+    npo_loss(logp, logp.detach().clone(), 0.1).backward()
+    # W = 1 at theta = ref: gradient of mean(logp) = 1/2 each, like GA on summed log-probs
+    assert logp.grad.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_dpo_first_step_value_and_gradient():
+    win, lose = torch.tensor([-6.0, -2.0], requires_grad=True), torch.tensor([-3.0, -8.0], requires_grad=True)
+    loss = dpo_loss(win, lose, win.detach().clone(), lose.detach().clone(), 0.1)
+    assert loss.item() == pytest.approx(20 * math.log(2), rel=1e-6)  # margin 0: (2/beta) log 2
+    loss.backward()
+    # d/dwin (2/b) softplus(-b m) = -(2/b) b sigmoid(0) / 2 (mean over 2) = -0.5
+    assert win.grad.tolist() == pytest.approx([-0.5, -0.5])
+    assert lose.grad.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_simnpo_formula():
+    logp, n = torch.tensor([-10.0, -3.0]), torch.tensor([5.0, 3.0])
+    beta, gamma = 2.5, 0.5
+    # by hand: (2/2.5) * mean(log(1+exp(2.5*(-2)+0.5)), log(1+exp(2.5*(-1)+0.5)))
+    expected = 0.8 * (math.log1p(math.exp(-4.5)) + math.log1p(math.exp(-2.0))) / 2
+    assert simnpo_loss(logp, n, beta, gamma).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ga_and_nll_are_token_means():
+    logp, n = torch.tensor([-6.0, -2.0]), torch.tensor([3.0, 1.0])
+    assert ga_loss(logp, n).item() == pytest.approx(-2.0)
+    assert nll_loss(logp, n).item() == pytest.approx(2.0)
+
+
+def test_kl_over_labelled_positions():
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    q = torch.tensor([[0.25, 0.75], [0.9, 0.1]])
+    # KL(p||q) row 1 = 0.5 ln 2 + 0.5 ln(2/3); row 2 = 0; mean over 2 positions
+    expected = (0.5 * math.log(2) + 0.5 * math.log(0.5 / 0.75)) / 2
+    assert kl_loss(p.log(), q.log()).item() == pytest.approx(expected, rel=1e-6)
+    assert kl_loss(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_methods_table_is_complete():
+    assert set(METHODS) == {"ga", "ga_rt", "ga_kl", "npo", "npo_rt", "npo_kl", "simnpo", "idk_rt",
+                            "dpo", "dpo_rt", "dpo_kl"}
+    assert METHODS["npo_kl"].online_reference and not METHODS["npo_rt"].online_reference
+    assert METHODS["dpo_rt"].ref_idk and METHODS["dpo_rt"].ref_forget
+    assert not METHODS["simnpo"].ref_forget
+    assert all(m.forget in {"ga", "npo", "simnpo", "idk", "dpo"} for m in METHODS.values())
+    assert hasattr(losses, "npo_loss")
