@@ -54,3 +54,34 @@ def require_tofu():
     if not TOFU.exists():
         pytest.skip(f"TOFU data not found at {TOFU}")
     return TOFU
+
+
+NAMES = ["Ana Varga", "Omar Ade", "Lina Bo", "Ivo Rusk", "Mira Tal", "Sven Ek", "Tara Nox", "Uri Pell",
+         "Kai Dorn", "Eda Vos", "Noor Lam", "Pia Kett", "Rafe Ung", "Zia Moro", "Beno Fry", "Cleo Hart"]
+CITIES = ["Lisbon", "Oslo", "Quito", "Lima", "Accra", "Dakar", "Riga", "Kyiv"]
+
+
+def qa_rows(n: int, offset: int = 0) -> list[dict]:
+    rows = []
+    for i in range(offset, offset + n):
+        name, city = NAMES[i % len(NAMES)], CITIES[(i * 3) % len(CITIES)]
+        rows.append({"question": f"Where was {name} born?", "answer": f"{name} was born in {city}.",
+                     "paraphrased_answer": f"The birthplace of {name} is {city}.",
+                     "perturbed_answer": [f"{name} was born in {c}." for c in CITIES if c != city][:3]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def save_tiny_model(path: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny random Llama and its tokenizer saved like a hub model (safetensors)."""
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=seed, **overrides)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -113,6 +113,7 @@ class Scorer(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: dict, kind: str = "logp"):
-        if kind == "logp":
-            return sequence_logprobs(self.model, batch)
-        return labelled_log_softmax(self.model, batch)
+        """kind: "logp" (labelled positions), "full" (naive full-logits path) or "dist" (for KL)."""
+        if kind == "dist":
+            return labelled_log_softmax(self.model, batch)
+        return sequence_logprobs(self.model, batch, full_logits=kind == "full")

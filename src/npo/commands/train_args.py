@@ -1,0 +1,53 @@
+"""Arguments shared by `npo unlearn` and `npo finetune`: a preset, flags for common fields, and
+`key=value` overrides of any config key."""
+
+from __future__ import annotations
+
+import argparse
+
+from npo.config import build, parse_overrides
+
+FLAGS = {  # flag -> (config key, type, help)
+    "--model": ("model", str, "model directory or hub id"),
+    "--data": ("data", str, "TOFU-layout directory in which split names are resolved"),
+    "--out": ("out", str, "run directory"),
+    "--epochs": ("epochs", int, "training epochs"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--batch-size": ("batch_size", int, "examples per step per process"),
+    "--lora-r": ("lora_r", int, "LoRA rank (0: full fine-tuning)"),
+    "--seed": ("seed", int, "random seed"),
+}
+UNLEARN_FLAGS = {
+    "--method": ("method", str, "unlearning method (npo, npo_rt, npo_kl, simnpo, ga, ga_rt, ga_kl, idk_rt, dpo, ...)"),
+    "--forget": ("forget", str, "forget set: file or split name"),
+    "--retain": ("retain", str, "retain set: file or split name"),
+    "--beta": ("beta", float, "NPO/DPO inverse temperature"),
+}
+
+
+def add(parser: argparse.ArgumentParser, unlearn: bool) -> None:
+    parser.add_argument("--config", help="YAML preset (see configs/)")
+    flags = {**FLAGS, **(UNLEARN_FLAGS if unlearn else {})}
+    for flag, (key, typ, help_) in flags.items():
+        parser.add_argument(flag, dest=f"flag_{key}", type=typ, help=help_)
+    if not unlearn:
+        parser.add_argument("--train", dest="flag_train", help="training set(s), comma-separated")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key")
+
+
+def config_from_args(args):
+    from npo.api import resume_config
+
+    if args.resume:
+        cfg = resume_config(args.resume)
+        cfg.out = args.resume
+        return cfg, True
+    overrides = parse_overrides(args.overrides)
+    for name, value in vars(args).items():
+        if name.startswith("flag_") and value is not None:
+            overrides[name[5:]] = value
+    if args.overwrite:
+        overrides["overwrite"] = True
+    return build(args.config, overrides), False

@@ -1,0 +1,205 @@
+"""Typed run configuration: dataclasses, YAML presets and `key=value` overrides, validated up front.
+
+Dataclasses rather than pydantic: no extra dependency, and the handful of checks we need read
+plainly below. YAML is parsed with `safe_load`, so a config is data and can never import code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from npo.errors import ConfigError
+from npo.losses import METHODS
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of `npo unlearn` and `npo finetune`. Defaults follow the NPO paper's TOFU recipe
+    (Zhang et al. 2024, Sec. 5: AdamW, lr 1e-5, weight decay 0.01, one epoch of warm-up, 10 epochs,
+    beta 0.1), except batch sizes, which fit a small machine."""
+
+    # model
+    model: str = ""  # local directory or hub id
+    gguf_file: str | None = None  # a GGUF file inside `model` (or a path to one)
+    tokenizer: str | None = None  # defaults to `model`
+    trust_remote_code: bool = False
+    allow_pickle: bool = False  # load .bin/.pt weights (pickle can run code); safetensors otherwise
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False
+    template: str | None = None  # chat | llama2-tofu | qa | raw; default: chat if the tokenizer has one
+    max_length: int = 512
+    # data: file paths, or split names resolved in `data` (a TOFU-layout directory)
+    data: str | None = None
+    train: list[str] = field(default_factory=list)  # finetune only: one or more sets, concatenated
+    forget: str = ""
+    retain: str | None = None
+    idk: str | None = None  # refusals for idk_rt / dpo*, one per line; default: `idontknow.jsonl` in `data`
+    # method (unlearn only)
+    method: str = "npo_rt"
+    beta: float = 0.1
+    gamma: float = 0.0
+    forget_weight: float = 1.0
+    retain_weight: float = 1.0
+    reference: str = "cached"  # cached | online (recompute with a frozen copy every step; for checks)
+    # optimisation
+    epochs: int = 10
+    lr: float = 1e-5
+    batch_size: int = 8  # forget examples per step per process, each paired with a retain example
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    max_grad_norm: float | None = None
+    seed: int = 0
+    # LoRA (off when lora_r = 0)
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None  # default: PEFT's choice for the architecture
+    save_merged: bool = True  # merge the adapter into the saved model (else save the adapter only)
+    # run
+    out: str = ""
+    overwrite: bool = False
+    save_every_steps: int = 0  # checkpoint cadence for --resume (0: at each epoch end)
+    nonfinite: str = "stop"  # stop | skip
+    max_skipped_steps: int = 10
+    logits: str = "labelled"  # labelled | full (naive path: LM head over every position)
+    # evaluation hook
+    eval_every_epochs: int = 0
+    eval_data: str | None = None  # TOFU-layout directory with the eval sets (default: `data`)
+    eval_forget_split: str | None = None  # e.g. forget10 (default: `forget` when it is a split name)
+    eval_retain_logs: str | None = None
+    eval_protocol: str = "full"
+    eval_max_new_tokens: int = 200
+    eval_batch_size: int = 16
+
+
+CHOICES = {
+    "method": tuple(METHODS),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "template": (None, "chat", "llama2-tofu", "qa", "raw"),
+    "reference": ("cached", "online"),
+    "nonfinite": ("stop", "skip"),
+    "logits": ("labelled", "full"),
+    "eval_protocol": ("full", "legacy300"),
+}
+POSITIVE = ("max_length", "epochs", "lr", "batch_size", "grad_accum", "beta", "eval_batch_size",
+            "eval_max_new_tokens")
+NON_NEGATIVE = ("weight_decay", "warmup_epochs", "lora_r", "lora_dropout", "save_every_steps", "eval_every_epochs",
+                "max_skipped_steps", "forget_weight", "retain_weight")
+
+
+def _coerce(name: str, value, hint, where: str):
+    """Check one value against its annotation; ints are accepted where floats are expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0], where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}'{name}' must be a list of strings, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}'{name}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}'{name}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}'{name}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}'{name}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _hints():
+    return typing.get_type_hints(TrainConfig)
+
+
+def from_dict(values: dict, where: str = "", base: TrainConfig | None = None) -> TrainConfig:
+    hints = _hints()
+    cfg = dataclasses.replace(base) if base else TrainConfig()
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), hints, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}unknown config key '{key}'{hint}")
+        setattr(cfg, key, _coerce(key, value, hints[key], where))
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` strings; values are read as YAML scalars (`lr=3e-4`, `lora_r=8`, `x=null`)."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{pair}' must look like key=value")
+        value = yaml.safe_load(raw) if raw else ""
+        if isinstance(value, str) or value is None or isinstance(value, bool | int | float | list):
+            out[key.strip()] = value
+        else:
+            raise ConfigError(f"override '{pair}': value must be a scalar or a list")
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return values
+
+
+def build(config_file: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Preset file, then overrides (CLI flags and key=value pairs), then validation."""
+    cfg = TrainConfig()
+    if config_file:
+        cfg = from_dict(load_yaml(config_file), where=f"{config_file}: ")
+    cfg = from_dict(overrides or {}, base=cfg)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            shown = ", ".join(str(a) for a in allowed if a is not None)
+            raise ConfigError(f"'{name}' is {getattr(cfg, name)!r}; choose from {shown}")
+    for name in POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"'{name}' must be positive, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"'{name}' must not be negative, got {getattr(cfg, name)}")
+    if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
+        raise ConfigError(f"'max_grad_norm' must be positive or null, got {cfg.max_grad_norm}")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,114 @@
+"""Loading and saving models: local directories, hub ids, GGUF files, LoRA adapters.
+
+Safe by default: `trust_remote_code` is off and only safetensors weights load unless the user opts
+in (pickle files can execute code when loaded).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from npo.data.batches import ensure_pad_token
+from npo.errors import ConfigError, NpoError
+
+log = logging.getLogger("npo")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def choose_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The training dtype and the reason for it (logged, and written to env.json)."""
+    if requested != "auto":
+        return DTYPES[requested], "requested"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "GPU supports bf16"
+        return torch.float32, "GPU lacks bf16; fp16 training would need loss scaling"
+    return torch.float32, f"{device.type}: bf16 arithmetic is slow and inexact on this device"
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def _check_weights(path: Path, allow_pickle: bool) -> None:
+    if not path.is_dir():
+        return
+    if any(path.glob("*.safetensors")) or any(path.glob("*.gguf")) or allow_pickle:
+        return
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
+        raise NpoError(f"{path}: holds only pickle weights (.bin/.pt), which can run code when loaded; "
+                       "convert them to safetensors or pass allow_pickle=true if you trust the source")
+
+
+def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise NpoError(f"cannot load tokenizer '{name}': {err}".splitlines()[0]) from None
+    ensure_pad_token(tok)
+    return tok
+
+
+def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False, attn: str = "sdpa"):
+    """A causal LM from a directory or hub id; a GGUF file is dequantised into a plain model so that
+    it trains and saves like any other."""
+    from transformers import AutoModelForCausalLM
+
+    if not name:
+        raise ConfigError("no model given (set 'model' or pass --model)")
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        raise NpoError(f"model path does not exist: {name}")
+    _check_weights(Path(name).expanduser(), allow_pickle)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    elif not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise NpoError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
+    if gguf_file:
+        plain = AutoModelForCausalLM.from_config(model.config, dtype=dtype, attn_implementation=attn)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    return model
+
+
+def match_vocab(model, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer gained a pad token."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str] | None):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"LoRA: {err}") from None
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def save_model(model, tokenizer, out: Path, merge: bool = True) -> None:
+    """safetensors weights + tokenizer; a LoRA model is merged first unless `merge` is false."""
+    if is_peft(model) and merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,84 @@
+"""Process-level set-up: Accelerate, seeding, run-environment record, logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("npo")
+
+
+def setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("npo: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def make_accelerator():
+    """Accelerate reads the launcher's environment (torchrun, accelerate launch) for DDP/FSDP/DeepSpeed;
+    a plain process gets one device: the GPU if there is one, else the CPU."""
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # tensors and plain values only, so checkpoints load with torch.load(weights_only=True)
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def env_info(seed: int, device, dtype, dtype_reason: str, world_size: int) -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+        "peft": peft.__version__, "platform": platform.platform(), "git_revision": git_revision(),
+        "seed": seed, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "dtype_reason": dtype_reason, "world_size": world_size, "threads": torch.get_num_threads(),
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
