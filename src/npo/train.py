@@ -385,9 +385,9 @@ class Trainer:
             if self.eval_hook and at_epoch_end and cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0:
                 self.eval_hook(self, epoch=epoch)
             every = cfg.save_every_steps
-            if (every and self.step % every == 0) or (not every and at_epoch_end):
-                if self.step < self.total_steps:
-                    self.save_checkpoint()
+            due = (every and self.step % every == 0) or (not every and at_epoch_end)
+            if due and self.step < self.total_steps:
+                self.save_checkpoint()
         progress.close()
         self.acc.wait_for_everyone()
         if self.main:
