@@ -85,3 +85,24 @@ def save_tiny_model(path: Path, seed: int = 0, **overrides) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def write_tofu_layout(root: Path, n_forget: int = 6, n_retain: int = 10) -> Path:
+    """A tiny directory in TOFU's layout: the splits `npo eval` and the trainer read."""
+    root.mkdir(parents=True, exist_ok=True)
+    forget, retain = qa_rows(n_forget), qa_rows(n_retain, offset=n_forget)
+    for rows in (forget, retain):
+        for r in rows:
+            r["paraphrased_question"] = r["question"].replace("Where was", "In which city was")
+            r["perturbed_answer"] = r["perturbed_answer"] + [r["answer"].replace(".", " town.")] * 2
+    write_jsonl(root / "forget10.json", [{"question": r["question"], "answer": r["answer"]} for r in forget])
+    write_jsonl(root / "retain90.json", [{"question": r["question"], "answer": r["answer"]} for r in retain])
+    write_jsonl(root / "forget10_perturbed.json", forget)
+    write_jsonl(root / "retain_perturbed.json", retain)
+    facts = [{"question": f"What colour is the {x}?", "answer": c,
+              "perturbed_answer": [o for o in ("red", "blue", "green", "white") if o != c][:3]}
+             for x, c in (("sky", "blue"), ("grass", "green"), ("snow", "white"), ("rose", "red"))]
+    write_jsonl(root / "world_facts_perturbed.json", facts)
+    write_jsonl(root / "real_authors_perturbed.json", facts[::-1])
+    (root / "idontknow.jsonl").write_text("I do not know.\nNo idea.\n")
+    return root

@@ -6,6 +6,7 @@ in (pickle files can execute code when loaded).
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -78,9 +79,13 @@ def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trus
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
         raise NpoError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
-    if gguf_file:
-        plain = AutoModelForCausalLM.from_config(model.config, dtype=dtype, attn_implementation=attn)
+    if gguf_file:  # dequantised weights in a plain model (a GGUF-loaded one cannot be saved)
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
         plain.load_state_dict(model.state_dict())
+        plain.hf_quantizer = None
         model = plain
     return model
 
