@@ -45,9 +45,17 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
                        "convert them to safetensors or pass allow_pickle=true if you trust the source")
 
 
+def check_model_path(name: str) -> None:
+    if not name:
+        raise ConfigError("no model given (set 'model' or pass --model)")
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        raise NpoError(f"model path does not exist: {name}")
+
+
 def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_model_path(name)
     kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -65,10 +73,7 @@ def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trus
     it trains and saves like any other."""
     from transformers import AutoModelForCausalLM
 
-    if not name:
-        raise ConfigError("no model given (set 'model' or pass --model)")
-    if _looks_local(name) and not Path(name).expanduser().exists():
-        raise NpoError(f"model path does not exist: {name}")
+    check_model_path(name)
     _check_weights(Path(name).expanduser(), allow_pickle)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
     if gguf_file:

@@ -117,17 +117,19 @@ class Trainer:
         self.main = self.acc.is_main_process
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
-        self.run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume) if self.main else Path(cfg.out)
-        self.acc.wait_for_everyone()
         seed_everything(cfg.seed)
         self.dtype, reason = choose_dtype(cfg.dtype, self.acc.device)
-        log.info("dtype %s (%s)", str(self.dtype).replace("torch.", ""), reason) if self.main else None
         self.env = env_info(cfg.seed, self.acc.device, self.dtype, reason, self.world)
-        self._load_data_and_model()
+        self._load_data()  # bad data fails before anything is written
+        self.run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume) if self.main else Path(cfg.out)
+        self.acc.wait_for_everyone()
+        if self.main:
+            log.info("dtype %s (%s)", self.env["dtype"], reason)
+        self._load_model()
 
     # -- set-up
 
-    def _load_data_and_model(self) -> None:
+    def _load_data(self) -> None:
         cfg = self.cfg
         self.tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.gguf_file, cfg.trust_remote_code)
         self.template = cfg.template or default_template(self.tok)
@@ -153,6 +155,9 @@ class Trainer:
                 answers = idk_answers(cfg, len(records), cfg.seed)
                 self.sets.idk = tokenize_set(self.tok, self.template, records, src + " (idk)", cfg.max_length,
                                              answers=answers)
+
+    def _load_model(self) -> None:
+        cfg = self.cfg
         model = load_model(cfg.model, self.dtype, cfg.gguf_file, cfg.trust_remote_code, cfg.allow_pickle)
         match_vocab(model, self.tok)
         if cfg.gradient_checkpointing:
