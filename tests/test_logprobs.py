@@ -59,3 +59,24 @@ def test_labelled_log_softmax_rows_are_distributions(model, tokenizer):
         lp = labelled_log_softmax(model, batch)
     assert lp.shape == (sum(ex.n_labels for ex in examples), len(tokenizer))
     assert torch.allclose(lp.exp().sum(-1), torch.ones(lp.shape[0]), atol=1e-5)
+
+
+def test_token_stats_against_naive_distribution(model, tokenizer):
+    from npo.logprobs import token_stats
+
+    examples = _examples(tokenizer)
+    batch = collate(examples, tokenizer.pad_token_id, "left")
+    stats = token_stats(model, batch, chunk_size=4)
+    with torch.no_grad():
+        seq, _ = sequence_logprobs(model, batch)
+    per_seq = torch.zeros(len(examples)).index_add(0, stats["rows"], stats["logp"])
+    assert torch.allclose(per_seq, seq, atol=1e-5)
+    # first labelled token of example 0, by hand from the full distribution
+    ex = examples[0]
+    with torch.no_grad():
+        lp = F.log_softmax(model(input_ids=torch.tensor([ex.input_ids])).logits[0, ex.n_prompt - 1].double(), -1)
+    mu = (lp.exp() * lp).sum()
+    sigma = ((lp.exp() * lp * lp).sum() - mu * mu).sqrt()
+    first = (stats["rows"] == 0).nonzero()[0, 0]
+    assert stats["mu"][first].item() == pytest.approx(mu.item(), abs=1e-5)
+    assert stats["sigma"][first].item() == pytest.approx(sigma.item(), abs=1e-5)

@@ -104,6 +104,24 @@ def labelled_log_softmax(model, batch: dict) -> torch.Tensor:
     return F.log_softmax(_head(hf, hidden), -1)
 
 
+@torch.no_grad()
+def token_stats(model, batch: dict, chunk_size: int = 1024) -> dict[str, torch.Tensor]:
+    """Per labelled token: its log-prob, and the mean and standard deviation of log p over the
+    model's next-token distribution (what Min-K%++ normalises by). `rows` maps tokens to sequences."""
+    hf = _unwrap(model)
+    hidden, rows, targets = labelled_hidden(model, batch)
+    logp, mu, sigma = [], [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        lp = F.log_softmax(_head(hf, hidden[start:start + chunk_size]), -1)
+        p = lp.exp()
+        m = (p * lp).sum(-1)
+        logp.append(lp.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1))
+        mu.append(m)
+        sigma.append(((p * lp * lp).sum(-1) - m * m).clamp(min=0).sqrt())
+    cat = (lambda xs: torch.cat(xs)) if logp else (lambda xs: hidden.new_zeros(0))
+    return {"rows": rows, "logp": cat(logp), "mu": cat(mu), "sigma": cat(sigma)}
+
+
 class Scorer(torch.nn.Module):
     """Wraps a model so that distributed engines (DDP, FSDP) see the log-prob computation as the
     module's forward: calling the model's body and head outside `forward` would bypass their hooks."""
