@@ -20,15 +20,23 @@ log = logging.getLogger("npo")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def choose_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
-    """The training dtype and the reason for it (logged, and written to env.json)."""
+def choose_dtype(requested: str, device_type: str, trains_all_weights: bool = False
+                 ) -> tuple[torch.dtype, str | None, str]:
+    """(weight dtype, autocast dtype or None, reason), logged and written to env.json.
+
+    On a bf16 GPU, weights that train are kept in fp32 and the arithmetic runs in bf16 under autocast:
+    in pure bf16, an AdamW update at lr 1e-5 is below the weights' rounding step and is lost. Frozen
+    weights (LoRA's base model, evaluation) are stored in bf16 directly.
+    """
     if requested != "auto":
-        return DTYPES[requested], "requested"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "GPU supports bf16"
-        return torch.float32, "GPU lacks bf16; fp16 training would need loss scaling"
-    return torch.float32, f"{device.type}: bf16 arithmetic is slow and inexact on this device"
+        return DTYPES[requested], None, "requested"
+    if device_type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            return torch.float32, None, "GPU lacks bf16; fp16 training would need loss scaling"
+        if trains_all_weights:
+            return torch.float32, "bf16", "GPU supports bf16: fp32 master weights, bf16 autocast"
+        return torch.bfloat16, None, "GPU supports bf16; these weights do not train (LoRA base or evaluation)"
+    return torch.float32, None, f"{device_type}: bf16 arithmetic is slow and inexact on this device"
 
 
 def _looks_local(name: str) -> bool:

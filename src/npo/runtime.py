@@ -24,12 +24,13 @@ def setup_logging() -> None:
         log.setLevel(logging.INFO)
 
 
-def make_accelerator():
+def make_accelerator(mixed_precision: str | None = None):
     """Accelerate reads the launcher's environment (torchrun, accelerate launch) for DDP/FSDP/DeepSpeed;
     a plain process gets one device: the GPU if there is one, else the CPU."""
     from accelerate import Accelerator
 
-    return Accelerator()
+    # without CUDA, Accelerate only sets up multi-process (gloo) training when told it runs on the CPU
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision or "no")
 
 
 def seed_everything(seed: int) -> None:

@@ -113,13 +113,14 @@ class Trainer:
         setup_logging()
         self.cfg, self.task, self.eval_hook = cfg, task, eval_hook
         self.method = losses.METHODS[cfg.method] if task == "unlearn" else None
-        self.acc = make_accelerator()
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype, autocast, reason = choose_dtype(cfg.dtype, device_type, trains_all_weights=not cfg.lora_r)
+        self.acc = make_accelerator(autocast)
         self.main = self.acc.is_main_process
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         seed_everything(cfg.seed)
-        self.dtype, reason = choose_dtype(cfg.dtype, self.acc.device)
-        self.env = env_info(cfg.seed, self.acc.device, self.dtype, reason, self.world)
+        self.env = {**env_info(cfg.seed, self.acc.device, self.dtype, reason, self.world), "autocast": autocast}
         self._load_data()  # bad data fails before anything is written
         self.run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume) if self.main else Path(cfg.out)
         self.acc.wait_for_everyone()
@@ -309,10 +310,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
         grad_norm = self.acc.clip_grad_norm_(params, max_norm)
-        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        # DeepSpeed clips inside its engine and reports no norm
+        grad_norm = float(grad_norm) if grad_norm is not None else None
         reduced = {k: float(self.acc.reduce(torch.as_tensor(v, device=self.acc.device).float(), "sum"))
                    for k, v in sorted(logged.items())}
-        if not (finite and math.isfinite(grad_norm) and all(math.isfinite(v) for v in reduced.values())):
+        if not (finite and (grad_norm is None or math.isfinite(grad_norm)) and all(math.isfinite(v) for v in reduced.values())):
             self.optimizer.zero_grad(set_to_none=True)
             self._nonfinite(reduced, grad_norm)
             self.step += 1
@@ -324,9 +326,9 @@ class Trainer:
         return {"step": self.step, "epoch": self.step / self.steps_per_epoch, **reduced,
                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
 
-    def _nonfinite(self, values: dict, grad_norm: float) -> None:
+    def _nonfinite(self, values: dict, grad_norm: float | None) -> None:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        msg = f"non-finite loss or gradient at step {self.step + 1}: {shown}, grad_norm={grad_norm:.4g}"
+        msg = f"non-finite loss or gradient at step {self.step + 1}: {shown}, grad_norm={grad_norm}"
         self.skipped += 1
         if self.cfg.nonfinite == "stop":
             raise NpoError(msg + "; weights untouched, the last checkpoint is kept "

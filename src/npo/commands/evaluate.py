@@ -37,7 +37,7 @@ def main(args) -> int:
     if args.max_new_tokens <= 0 or args.batch_size <= 0:
         raise NpoError("--max-new-tokens and --batch-size must be positive")
     acc = make_accelerator()
-    dtype, _ = choose_dtype("auto", acc.device)
+    dtype, _, _ = choose_dtype("auto", acc.device.type)
     tok = load_tokenizer(args.model, args.gguf_file, args.trust_remote_code)
     model = load_model(args.model, dtype, args.gguf_file, args.trust_remote_code).to(acc.device)
     match_vocab(model, tok)
