@@ -25,3 +25,22 @@ def chat_tokenizer():
 @pytest.fixture()
 def model(tokenizer):
     return make_model(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """`npo demo --quick` run once per test session and shared by the pytest-xdist workers (the first
+    to take the lock builds it): its testbed, target, retain and unlearned models feed several tests."""
+    import fcntl
+
+    from npo.demo import QUICK, run_demo
+
+    shared = tmp_path_factory.getbasetemp().parent
+    out = shared / "quick_demo"
+    with open(shared / "quick_demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "report.md").exists():
+            torch.set_num_threads(2)
+            run_demo(out, QUICK)
+            torch.set_num_threads(1)
+    return out

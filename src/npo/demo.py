@@ -1,0 +1,151 @@
+"""The offline demo: the whole pipeline on the built-in testbed, on a CPU, in minutes.
+
+Per seed: train a tiny Llama on every testbed person (the target) and another on the retain people
+only (the retain model Forget Quality compares against); unlearn the forget split from the target
+with each method, evaluating with the TOFU metrics every epoch. Then `report.md` with tables and
+plots. Hyper-parameters are fixed here in advance, the same for every method (as in the paper),
+never tuned on the test metric.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from npo.config import build
+from npo.errors import NpoError
+from npo.losses import METHODS
+
+log = logging.getLogger("npo")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ("npo_rt", "npo", "ga", "ga_rt")
+    forget_split: str = "forget10"
+    people: int = 100
+    facts: int = 10
+    data_seed: int = 0
+    vocab_size: int = 1024
+    model: dict = field(default_factory=dict)  # tiny_llama_config overrides
+    target_epochs: int = 30
+    target_lr: float = 3e-3
+    target_batch: int = 32
+    unlearn_epochs: int = 5
+    unlearn_lr: float = 3e-4
+    unlearn_batch: int = 16
+    beta: float = 0.1
+    max_new_tokens: int = 40
+    matched_utility: float = 0.8  # "matched utility": checkpoints keeping >= 80% of the target's MU
+
+
+QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=40, target_epochs=20, unlearn_epochs=3)
+TRAIN_SETS = ("real_authors", "world_facts")  # knowledge both models learn and unlearning must keep
+
+
+def _retain_split(forget_split: str) -> str:
+    return f"retain{100 - int(forget_split.removeprefix('forget')):02d}"
+
+
+def prepare(out: Path, s: DemoSettings) -> tuple[Path, Path]:
+    """The testbed data and its tokenizer (shared by every seed)."""
+    from npo.data.testbed import generate, write_testbed
+    from npo.data.testbed_model import tokenizer_corpus, train_tokenizer
+
+    pct = int(s.forget_split.removeprefix("forget"))
+    percents = sorted({p for p in (1, 5, 10) if p * s.people >= 100} | {pct})
+    data = write_testbed(out / "data", seed=s.data_seed, n_people=s.people, facts_per_person=s.facts,
+                         forget_percents=percents)
+    splits = generate(s.data_seed, s.people, s.facts, forget_percents=percents)
+    tok = train_tokenizer(tokenizer_corpus(splits), vocab_size=s.vocab_size)
+    tok.save_pretrained(out / "tokenizer")
+    return data, out / "tokenizer"
+
+
+def init_model(tok_dir: Path, out: Path, seed: int, overrides: dict) -> Path:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from npo.data.testbed_model import tiny_llama_config
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(tiny_llama_config(len(tok), **overrides)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _common(s: DemoSettings, seed: int, data: Path) -> dict:
+    return dict(data=str(data), template="qa", max_length=128, seed=seed, overwrite=True, dtype="float32",
+                eval_max_new_tokens=s.max_new_tokens, eval_batch_size=64)
+
+
+def run_seed(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int) -> None:
+    import npo
+    from npo.eval.run import evaluate_model
+    from npo.modeling import load_model, load_tokenizer
+
+    root = out / f"seed{seed}"
+    init = init_model(tok_dir, root / "init", seed, s.model)
+    retain_split = _retain_split(s.forget_split)
+    common = _common(s, seed, data)
+    trained = {}
+    for name, sets in (("target", ["full", *TRAIN_SETS]), ("retain", [retain_split, *TRAIN_SETS])):
+        t0 = time.time()
+        cfg = build(None, {**common, "model": str(init), "train": sets, "out": str(root / name), "lr": s.target_lr,
+                           "epochs": s.target_epochs, "batch_size": s.target_batch, "warmup_epochs": 1.0,
+                           "weight_decay": 0.0})
+        trained[name] = npo.finetune(cfg) / "model"
+        log.info("seed %d: %s model trained in %.0fs", seed, name, time.time() - t0)
+    model, tok = load_model(str(trained["retain"]), torch.float32), load_tokenizer(str(trained["retain"]))
+    evaluate_model(model, tok, data=str(data), forget_split=s.forget_split, template="qa",
+                   out=root / "retain" / "eval", max_new_tokens=s.max_new_tokens, batch_size=64, max_length=128,
+                   identity={"model": str(trained["retain"])})
+    for method in s.methods:
+        t0 = time.time()
+        cfg = build(None, {**common, "model": str(trained["target"]), "method": method, "forget": s.forget_split,
+                           "retain": retain_split, "out": str(root / method), "lr": s.unlearn_lr,
+                           "epochs": s.unlearn_epochs, "batch_size": s.unlearn_batch, "beta": s.beta,
+                           "warmup_epochs": 1.0, "eval_every_epochs": 1,
+                           "eval_retain_logs": str(root / "retain" / "eval")})
+        npo.unlearn(cfg)
+        log.info("seed %d: %s unlearned and evaluated in %.0fs", seed, method, time.time() - t0)
+
+
+def run_demo(out: str | Path, settings: DemoSettings) -> Path:
+    """Everything, then the report; returns the report's path."""
+    from npo.demo_report import write_report
+    from npo.runtime import setup_logging
+
+    setup_logging()
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise NpoError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    out = Path(out)
+    t0 = time.time()
+    data, tok_dir = prepare(out, settings)
+    for seed in settings.seeds:
+        run_seed(out, data, tok_dir, settings, seed)
+    elapsed = time.time() - t0
+    (out / "settings.json").write_text(json.dumps({**settings.__dict__, "elapsed_s": elapsed}, indent=1, default=list))
+    return write_report(out, settings, elapsed)
+
+
+def settings_from_args(quick: bool, methods: str | None, forget_split: str | None, seeds: int | None) -> DemoSettings:
+    s = QUICK if quick else DemoSettings()
+    if methods:
+        s = replace(s, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+    if forget_split:
+        if not (forget_split.startswith("forget") and forget_split[6:].isdigit() and 0 < int(forget_split[6:]) < 100):
+            raise NpoError(f"--forget-split must look like forget10, got '{forget_split}'")
+        s = replace(s, forget_split=forget_split)
+    if seeds is not None:
+        if seeds < 1:
+            raise NpoError(f"--seeds must be at least 1, got {seeds}")
+        s = replace(s, seeds=tuple(range(seeds)))
+    return s

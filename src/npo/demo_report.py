@@ -1,0 +1,134 @@
+"""`report.md` of the demo: tables over seeds at a fixed stopping rule, at the (oracle) best epoch and
+at matched utility, the paper's plots, and a forget question answered before and after."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from npo.eval.logs import load_log_dir
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "eval" / "history.jsonl").read_text().splitlines()]
+
+
+def _summary(run: Path, epoch: int) -> dict:
+    return json.loads((run / "eval" / f"epoch_{epoch:02d}" / "summary.json").read_text())
+
+
+def collect(out: Path, settings) -> dict:
+    """method -> {"epoch": [...], "mu": [[per seed] per epoch], "fq": ..., "rouge": ...}; plus the
+    target (epoch 0) and retain models' numbers per seed."""
+    curves, target_mu, retain = {}, {}, {}
+    for method in settings.methods:
+        per_seed = {s: _history(out / f"seed{s}" / method) for s in settings.seeds}
+        epochs = [h["epoch"] for h in per_seed[settings.seeds[0]]]
+        curves[method] = {
+            "epoch": epochs,
+            "mu": [[per_seed[s][i]["model_utility"] for s in settings.seeds] for i in range(len(epochs))],
+            "fq": [[per_seed[s][i]["forget_quality"] for s in settings.seeds] for i in range(len(epochs))],
+            "rouge": [[_summary(out / f"seed{s}" / method, e)["forget_rouge"] for s in settings.seeds] for e in epochs],
+        }
+        for s in settings.seeds:
+            target_mu[s] = per_seed[s][0]["model_utility"]
+    for s in settings.seeds:
+        summary = json.loads((out / f"seed{s}" / "retain" / "eval" / "summary.json").read_text())
+        retain[s] = summary
+    first = curves[settings.methods[0]]
+    return {"curves": curves, "target_mu": target_mu, "target_fq": dict(zip(settings.seeds, first["fq"][0], strict=True)),
+            "retain": retain}
+
+
+def _gmean(values) -> float:
+    vals = [max(v, 1e-300) for v in values if v is not None]
+    return float(np.exp(np.mean(np.log(vals)))) if vals else float("nan")
+
+
+def _fq_text(values) -> str:
+    return f"{_gmean(values):.3g} [{min(values):.2g}, {max(values):.2g}]"
+
+
+def _mu_text(values, target) -> str:
+    v = np.array(values, dtype=float)
+    return f"{v.mean():.3f} ± {v.std():.3f} | {np.mean(v / np.array(target)):.2f}x"
+
+
+def tables(data: dict, settings) -> str:
+    seeds = settings.seeds
+    target = [data["target_mu"][s] for s in seeds]
+    head = ["| method | Model Utility (mean ± sd) | MU / target | Forget Quality (geo-mean [min, max]) | forget ROUGE-L |",
+            "|---|---|---|---|---|"]
+    retain_mu = [data["retain"][s]["model_utility"] for s in seeds]
+    retain_rouge = np.mean([data["retain"][s]["forget_rouge"] for s in seeds])
+    ref_rows = [f"| target (before unlearning) | {_mu_text(target, target)} | {_fq_text([data['target_fq'][s] for s in seeds])} | "
+                f"{np.mean(data['curves'][settings.methods[0]]['rouge'][0]):.3f} |",
+                f"| retain model (the ideal) | {_mu_text(retain_mu, target)} | 1 (by definition) | {retain_rouge:.3f} |"]
+    last, best, matched = list(head) + ref_rows, list(head), []
+    for method, c in data["curves"].items():
+        mu, fq, rouge = np.array(c["mu"], dtype=float), c["fq"], np.array(c["rouge"], dtype=float)
+        last.append(f"| {method} | {_mu_text(mu[-1], target)} | {_fq_text(fq[-1])} | {rouge[-1].mean():.3f} |")
+        # oracle: per seed, the epoch (>= 1) with the highest Forget Quality
+        idx = [max(range(1, len(fq)), key=lambda e, k=k: fq[e][k]) for k in range(len(seeds))]
+        best.append(f"| {method} | {_mu_text([mu[e][k] for k, e in enumerate(idx)], target)} | "
+                    f"{_fq_text([fq[e][k] for k, e in enumerate(idx)])} | "
+                    f"{np.mean([rouge[e][k] for k, e in enumerate(idx)]):.3f} |")
+        per_seed = []
+        for k, s in enumerate(seeds):
+            ok = [fq[e][k] for e in range(1, len(fq)) if mu[e][k] >= settings.matched_utility * data["target_mu"][s]]
+            per_seed.append(max(ok) if ok else None)
+        found = [v for v in per_seed if v is not None]
+        matched.append(f"| {method} | {len(found)}/{len(seeds)} | " + (_fq_text(found) if found else "none") + " |")
+    pct = int(settings.matched_utility * 100)
+    return "\n".join([
+        "### At a fixed stopping rule: the last epoch", "", *last, "",
+        "### At the best epoch by Forget Quality (an oracle: choosing it uses the retain model)", "", *best, "",
+        f"### At matched utility: the best Forget Quality among epochs keeping >= {pct}% of the target's Model "
+        "Utility (also an oracle)", "",
+        "| method | seeds with such an epoch | Forget Quality (geo-mean [min, max]) |", "|---|---|---|", *matched, ""])
+
+
+def answers(out: Path, settings, item: int = 0) -> str:
+    seed = settings.seeds[0]
+    last = len(_history(out / f"seed{seed}" / settings.methods[0])) - 1
+    target = load_log_dir(out / f"seed{seed}" / settings.methods[0] / "eval" / "epoch_00", sets=("forget",))
+    prompt, gen, truth = target["forget"]["generated_text"][item]
+    rows = ["| model | answer |", "|---|---|", f"| true answer | {truth} |", f"| target | {gen} |"]
+    for method in settings.methods:
+        logs = load_log_dir(out / f"seed{seed}" / method / "eval" / f"epoch_{last:02d}", sets=("forget",))
+        rows.append(f"| {method} (epoch {last}) | {logs['forget']['generated_text'][item][1] or '(empty)'} |")
+    question = prompt.replace("Question: ", "").replace("\nAnswer:", "").strip()
+    return "\n".join([f"Forget question (seed {seed}): *{question}*", "", *rows, ""])
+
+
+def write_report(out: Path, settings, elapsed: float) -> Path:
+    from npo.report import plot_methods
+
+    data = collect(out, settings)
+    target_mu = float(np.mean(list(data["target_mu"].values())))
+    plot_methods(data["curves"], out / "curves.png", out / "tradeoff.png", target_mu=target_mu)
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    text = "\n".join([
+        "# npo demo: unlearning fictitious people from a tiny Llama", "",
+        f"{len(settings.seeds)} seed(s), methods {', '.join(settings.methods)}, {settings.forget_split} of "
+        f"{settings.people} people x {settings.facts} facts; every method {settings.unlearn_epochs} epochs at lr "
+        f"{settings.unlearn_lr}, beta {settings.beta}. Forget Quality is the KS p-value against the retain "
+        f"model's truth ratios (> 0.05: forgetting the test cannot tell from never having learned). "
+        f"Took {elapsed / 60:.1f} minutes.", "",
+        tables(data, settings),
+        "## Forget Quality and Model Utility per epoch (mean over seeds, band: min-max)", "",
+        "![curves](curves.png)", "", "## Forget Quality against Model Utility", "", "![tradeoff](tradeoff.png)", "",
+        "## A forget question before and after", "", answers(out, settings), ""])
+    path = out / "report.md"
+    path.write_text(text)
+    return path
+
+
+def numbers_in(report: str) -> list[float]:
+    """Every number in a report (for checks that they are finite)."""
+    import re
+
+    return [float(x) for x in re.findall(r"(?<![\w.])-?\d+\.?\d*(?:e-?\d+)?", report) if not math.isnan(float(x))]
