@@ -51,3 +51,20 @@ def config_from_args(args):
     if args.overwrite:
         overrides["overwrite"] = True
     return build(args.config, overrides), False
+
+
+def command(task: str):
+    """`add_arguments` and `main` of `npo unlearn` / `npo finetune`, which differ only in the task."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add(parser, unlearn=task == "unlearn")
+
+    def main(args) -> int:
+        import npo
+
+        cfg, resume = config_from_args(args)
+        run_dir = getattr(npo, task)(cfg, resume=resume)
+        print(f"{'unlearned' if task == 'unlearn' else 'fine-tuned'} model: {run_dir / 'model'}")
+        return 0
+
+    return add_arguments, main
