@@ -15,7 +15,7 @@ def _percents(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("forgetXX holds the last XX%% of the people (nested splits), retainYY the rest; "
+    parser.epilog = ("forgetXX holds the last XX% of the people (nested splits), retainYY the rest; "
                      "see the README.md written into DIR. The same arguments give byte-identical files.")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the JSON-lines files to")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
