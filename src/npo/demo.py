@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from npo.config import build
+from npo.data.testbed_model import MEMORISE_RECIPE
 from npo.errors import NpoError
 from npo.losses import METHODS
 
@@ -34,9 +35,9 @@ class DemoSettings:
     data_seed: int = 0
     vocab_size: int = 1024
     model: dict = field(default_factory=dict)  # tiny_llama_config overrides
-    target_epochs: int = 30
-    target_lr: float = 3e-3
-    target_batch: int = 32
+    target_epochs: int = MEMORISE_RECIPE["epochs"]
+    target_lr: float = MEMORISE_RECIPE["lr"]
+    target_batch: int = MEMORISE_RECIPE["batch_size"]
     unlearn_epochs: int = 5
     unlearn_lr: float = 3e-4
     unlearn_batch: int = 16
@@ -45,7 +46,7 @@ class DemoSettings:
     matched_utility: float = 0.8  # "matched utility": checkpoints keeping >= 80% of the target's MU
 
 
-QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=40, target_epochs=20, unlearn_epochs=3)
+QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=40, unlearn_epochs=3)
 TRAIN_SETS = ("real_authors", "world_facts")  # knowledge both models learn and unlearning must keep
 
 
@@ -98,8 +99,9 @@ def run_seed(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int) -
     for name, sets in (("target", ["full", *TRAIN_SETS]), ("retain", [retain_split, *TRAIN_SETS])):
         t0 = time.time()
         cfg = build(None, {**common, "model": str(init), "train": sets, "out": str(root / name), "lr": s.target_lr,
-                           "epochs": s.target_epochs, "batch_size": s.target_batch, "warmup_epochs": 1.0,
-                           "weight_decay": 0.0})
+                           "epochs": s.target_epochs, "batch_size": s.target_batch,
+                           "warmup_epochs": MEMORISE_RECIPE["warmup_epochs"],
+                           "weight_decay": MEMORISE_RECIPE["weight_decay"]})
         trained[name] = npo.finetune(cfg) / "model"
         log.info("seed %d: %s model trained in %.0fs", seed, name, time.time() - t0)
     model, tok = load_model(str(trained["retain"]), torch.float32), load_tokenizer(str(trained["retain"]))
