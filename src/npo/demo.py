@@ -40,9 +40,9 @@ class DemoSettings:
     target_batch: int = MEMORISE_RECIPE["batch_size"]
     unlearn_epochs: int = 5
     unlearn_lr: float = 3e-4
-    unlearn_batch: int = 16
+    unlearn_batch: int = 8  # 13 steps per epoch on forget10, as the paper's 400 items at batch 32
     beta: float = 0.1
-    max_new_tokens: int = 40
+    max_new_tokens: int = 32
     matched_utility: float = 0.8  # "matched utility": checkpoints keeping >= 80% of the target's MU
 
 
@@ -86,41 +86,74 @@ def _common(s: DemoSettings, seed: int, data: Path) -> dict:
                 eval_max_new_tokens=s.max_new_tokens, eval_batch_size=64)
 
 
-def run_seed(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int) -> None:
+def train_model(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int, name: str) -> Path:
+    """The target (trained on everyone) or the retain model (retain people only; also evaluated, as
+    the reference distribution of Forget Quality)."""
     import npo
     from npo.eval.run import evaluate_model
     from npo.modeling import load_model, load_tokenizer
 
     root = out / f"seed{seed}"
-    init = init_model(tok_dir, root / "init", seed, s.model)
-    retain_split = _retain_split(s.forget_split)
-    common = _common(s, seed, data)
-    trained = {}
-    for name, sets in (("target", ["full", *TRAIN_SETS]), ("retain", [retain_split, *TRAIN_SETS])):
-        t0 = time.time()
-        cfg = build(None, {**common, "model": str(init), "train": sets, "out": str(root / name), "lr": s.target_lr,
-                           "epochs": s.target_epochs, "batch_size": s.target_batch,
-                           "warmup_epochs": MEMORISE_RECIPE["warmup_epochs"],
-                           "weight_decay": MEMORISE_RECIPE["weight_decay"]})
-        trained[name] = npo.finetune(cfg) / "model"
-        log.info("seed %d: %s model trained in %.0fs", seed, name, time.time() - t0)
-    model, tok = load_model(str(trained["retain"]), torch.float32), load_tokenizer(str(trained["retain"]))
-    evaluate_model(model, tok, data=str(data), forget_split=s.forget_split, template="qa",
-                   out=root / "retain" / "eval", max_new_tokens=s.max_new_tokens, batch_size=64, max_length=128,
-                   identity={"model": str(trained["retain"])})
-    for method in s.methods:
-        t0 = time.time()
-        cfg = build(None, {**common, "model": str(trained["target"]), "method": method, "forget": s.forget_split,
-                           "retain": retain_split, "out": str(root / method), "lr": s.unlearn_lr,
-                           "epochs": s.unlearn_epochs, "batch_size": s.unlearn_batch, "beta": s.beta,
-                           "warmup_epochs": 1.0, "eval_every_epochs": 1,
-                           "eval_retain_logs": str(root / "retain" / "eval")})
-        npo.unlearn(cfg)
-        log.info("seed %d: %s unlearned and evaluated in %.0fs", seed, method, time.time() - t0)
+    sets = ["full" if name == "target" else _retain_split(s.forget_split), *TRAIN_SETS]
+    init = init_model(tok_dir, root / f"init_{name}", seed, s.model)
+    t0 = time.time()
+    cfg = build(None, {**_common(s, seed, data), "model": str(init), "train": sets, "out": str(root / name),
+                       "lr": s.target_lr, "epochs": s.target_epochs, "batch_size": s.target_batch,
+                       "warmup_epochs": MEMORISE_RECIPE["warmup_epochs"],
+                       "weight_decay": MEMORISE_RECIPE["weight_decay"]})
+    model_dir = npo.finetune(cfg) / "model"
+    log.info("seed %d: %s model trained in %.0fs", seed, name, time.time() - t0)
+    if name == "retain":
+        model, tok = load_model(str(model_dir), torch.float32), load_tokenizer(str(model_dir))
+        evaluate_model(model, tok, data=str(data), forget_split=s.forget_split, template="qa",
+                       out=root / "retain" / "eval", max_new_tokens=s.max_new_tokens, batch_size=64,
+                       max_length=128, identity={"model": str(model_dir)})
+    return model_dir
 
 
-def run_demo(out: str | Path, settings: DemoSettings) -> Path:
-    """Everything, then the report; returns the report's path."""
+def unlearn_method(out: Path, data: Path, s: DemoSettings, seed: int, method: str) -> Path:
+    import npo
+
+    root = out / f"seed{seed}"
+    t0 = time.time()
+    cfg = build(None, {**_common(s, seed, data), "model": str(root / "target" / "model"), "method": method,
+                       "forget": s.forget_split, "retain": _retain_split(s.forget_split), "out": str(root / method),
+                       "lr": s.unlearn_lr, "epochs": s.unlearn_epochs, "batch_size": s.unlearn_batch,
+                       "beta": s.beta, "warmup_epochs": 1.0, "eval_every_epochs": 1,
+                       "eval_retain_logs": str(root / "retain" / "eval")})
+    run = npo.unlearn(cfg)
+    log.info("seed %d: %s unlearned and evaluated in %.0fs", seed, method, time.time() - t0)
+    return run
+
+
+def _job(fn, *args):
+    """A worker process runs one job on one thread: small models gain little from a second thread,
+    and threads that spin-wait on a busy machine slow everything down."""
+    from npo.runtime import setup_logging
+
+    torch.set_num_threads(1)
+    setup_logging()
+    return fn(*args)
+
+
+def _run_all(jobs: list[tuple], workers: int) -> None:
+    if workers <= 1:
+        for job in jobs:
+            _job(*job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in [pool.submit(_job, *job) for job in jobs]:
+            future.result()
+
+
+def run_demo(out: str | Path, settings: DemoSettings, workers: int | None = None) -> Path:
+    """Everything, then the report; returns the report's path. Independent jobs (models of different
+    seeds, methods) run in `workers` processes (default: one per CPU core, at most 4)."""
+    import os
+
     from npo.demo_report import write_report
     from npo.runtime import setup_logging
 
@@ -128,13 +161,17 @@ def run_demo(out: str | Path, settings: DemoSettings) -> Path:
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
         raise NpoError(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(METHODS)})")
+    workers = workers or min(4, os.cpu_count() or 1)
     out = Path(out)
     t0 = time.time()
     data, tok_dir = prepare(out, settings)
-    for seed in settings.seeds:
-        run_seed(out, data, tok_dir, settings, seed)
+    _run_all([(train_model, out, data, tok_dir, settings, seed, name)
+              for seed in settings.seeds for name in ("target", "retain")], workers)
+    _run_all([(unlearn_method, out, data, settings, seed, method)
+              for seed in settings.seeds for method in settings.methods], workers)
     elapsed = time.time() - t0
-    (out / "settings.json").write_text(json.dumps({**settings.__dict__, "elapsed_s": elapsed}, indent=1, default=list))
+    (out / "settings.json").write_text(json.dumps({**settings.__dict__, "elapsed_s": elapsed, "workers": workers},
+                                                  indent=1, default=list))
     return write_report(out, settings, elapsed)
 
 

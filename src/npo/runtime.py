@@ -26,6 +26,7 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("npo: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+        log.propagate = False  # a root handler set up by a library would print every line twice
 
 
 def make_accelerator(mixed_precision: str | None = None):
