@@ -54,7 +54,7 @@ def _fq_text(values) -> str:
 
 def _mu_text(values, target) -> str:
     v = np.array(values, dtype=float)
-    return f"{v.mean():.3f} ± {v.std():.3f} | {np.mean(v / np.array(target)):.2f}x"
+    return f"{v.mean():.3f} ± {v.std():.3f} | {v.mean() / np.mean(target):.2f}x"
 
 
 def tables(data: dict, settings) -> str:

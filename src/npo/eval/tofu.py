@@ -74,15 +74,26 @@ def score_texts(model, tok, template: str, pairs: list[tuple[str, str]], max_len
     return out
 
 
+def prompt_ids(tok, template: str, records: list[QARecord], max_length: int) -> list[list[int]]:
+    """Each question's prompt tokens exactly as they stand before the answer in the training text.
+    Tokenizing the prompt string alone can differ at the boundary (a trailing space becomes its own
+    token, which the model never saw before an answer)."""
+    out = []
+    for rec in records:
+        ex = tokenize_qa(tok, template, rec.question, rec.answer, max_length, where=f"eval item '{rec.question[:40]}'")
+        out.append(list(ex.input_ids[:ex.n_prompt]))
+    return out
+
+
 @torch.no_grad()
-def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int, device,
+def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
              rank: int = 0) -> list[str]:
-    """Greedy continuations, batched with left padding, prompts sorted by length, stopped at EOS."""
+    """Greedy continuations of token-id prompts, batched with left padding, sorted by length, stopped
+    at EOS."""
     side = tok.padding_side
     tok.padding_side = "left"
-    encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    out = [""] * len(prompts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = [""] * len(encoded)
     bar = _progress(len(order), "generating", rank)
     try:
         for start in range(0, len(order), batch_size):
@@ -139,8 +150,9 @@ def evaluate_sets(model, tok, template: str, sets: dict[str, list[QARecord]], *,
     pairs = [(r.question, a) for name, recs in shards.items() for r in recs
              for a in {r.answer, base_answer(name, r), *r.perturbed_answer}]
     scores = score_texts(model, tok, template, pairs, max_length, batch_size, device, rank=dist.rank)
+    ids = {name: prompt_ids(tok, template, recs, max_length) for name, recs in shards.items()}
     prompts = {name: [render_prompt(template, r.question, tok) for r in recs] for name, recs in shards.items()}
-    flat = [p for name in shards for p in prompts[name]]
+    flat = [p for name in shards for p in ids[name]]
     gens_flat = generate(model, tok, flat, max_new_tokens, batch_size, device, rank=dist.rank)
     out, start = {}, 0
     for name, recs in shards.items():
