@@ -35,7 +35,9 @@ def quick_demo(tmp_path_factory):
 
     from npo.demo import QUICK, run_demo
 
-    shared = tmp_path_factory.getbasetemp().parent
+    # under pytest-xdist the workers' base dirs share a per-session parent; alone, use our own
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out = shared / "quick_demo"
     with open(shared / "quick_demo.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

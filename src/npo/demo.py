@@ -44,6 +44,7 @@ class DemoSettings:
     beta: float = 0.1
     max_new_tokens: int = 32
     matched_utility: float = 0.8  # "matched utility": checkpoints keeping >= 80% of the target's MU
+    probes: bool = True  # membership inference, relearning, quantization, paraphrase (npo probe)
 
 
 QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=40, unlearn_epochs=3)
@@ -123,6 +124,15 @@ def unlearn_method(out: Path, data: Path, s: DemoSettings, seed: int, method: st
                        "eval_retain_logs": str(root / "retain" / "eval")})
     run = npo.unlearn(cfg)
     log.info("seed %d: %s unlearned and evaluated in %.0fs", seed, method, time.time() - t0)
+    if s.probes:
+        from npo.probes import run_probes
+
+        t0 = time.time()
+        run_probes(run / "model", root / "target" / "model", data, s.forget_split, run / "probes",
+                   retain_model_dir=root / "retain" / "model", template="qa", max_length=128,
+                   max_new_tokens=s.max_new_tokens, batch_size=64, relearn_lr=s.unlearn_lr, relearn_epochs=2,
+                   seed=seed, title=method)
+        log.info("seed %d: %s probed in %.0fs", seed, method, time.time() - t0)
     return run
 
 

@@ -104,6 +104,33 @@ def answers(out: Path, settings, item: int = 0) -> str:
     return "\n".join([f"Forget question (seed {seed}): *{question}*", "", *rows, ""])
 
 
+def probe_table(out: Path, settings) -> str:
+    """Mean over seeds of each method's probes of the final model (see docs/probes.md)."""
+    rows = ["| method | forget prob (target → unlearned) | Min-K% AUC forget vs holdout (retain model) | "
+            "PrivLeak (Min-K%) | relearning recovers (prob) | int4 Δ forget prob | paraphrased-question prob |",
+            "|---|---|---|---|---|---|---|"]
+    for method in settings.methods:
+        runs = [json.loads((out / f"seed{s}" / method / "probes" / "probes.json").read_text()) for s in settings.seeds]
+
+        def mean(get, runs=runs):
+            vals = [get(r) for r in runs]
+            vals = [v for v in vals if isinstance(v, int | float)]
+            return float(np.mean(vals)) if vals else None
+
+        def f(v, fmt="{:.3f}"):
+            return "n/a" if v is None else fmt.format(v)
+
+        rows.append(
+            f"| {method} | {f(mean(lambda r: r['forget']['reference']['prob']))} → "
+            f"{f(mean(lambda r: r['forget']['model']['prob']))} | {f(mean(lambda r: r['mia']['auc']['model']['min_k']))} "
+            f"({f(mean(lambda r: r['mia']['auc']['retain']['min_k']))}) | "
+            f"{f(mean(lambda r: r['mia']['privleak']['min_k']), '{:+.1f}%')} | "
+            f"{f(mean(lambda r: r['relearn']['recovered']['prob']), '{:.0%}')} | "
+            f"{f(mean(lambda r: r['quant']['int4']['delta_prob']), '{:+.3f}')} | "
+            f"{f(mean(lambda r: r['paraphrase']['model']['paraphrased']['prob']))} |")
+    return "\n".join(rows + [""])
+
+
 def write_report(out: Path, settings, elapsed: float) -> Path:
     from npo.report import plot_methods
 
@@ -121,7 +148,13 @@ def write_report(out: Path, settings, elapsed: float) -> Path:
         tables(data, settings),
         "## Forget Quality and Model Utility per epoch (mean over seeds, band: min-max)", "",
         "![curves](curves.png)", "", "## Forget Quality against Model Utility", "", "![tradeoff](tradeoff.png)", "",
-        "## A forget question before and after", "", answers(out, settings), ""])
+        "## A forget question before and after", "", answers(out, settings), "",
+        *(["## Probes of the final models (mean over seeds; see docs/probes.md)", "",
+           "Membership inference separates forget answers from answers about holdout people never trained on "
+           "(AUC 0.5: no signal; the retain model's AUC in parentheses is what never having seen the data looks "
+           "like); PrivLeak is the relative AUC gap to the retain model. Relearning fine-tunes on half of the "
+           "forget set and measures how much of the target's probability comes back on the other half.", "",
+           probe_table(out, settings)] if settings.probes else [])])
     path = out / "report.md"
     path.write_text(text)
     return path

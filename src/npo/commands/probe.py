@@ -34,9 +34,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from npo.config import parse_overrides
-    from npo.data.templates import default_template
     from npo.errors import NpoError
-    from npo.modeling import load_tokenizer
     from npo.probes.run import check_probes, run_probes
     from npo.runtime import setup_logging
 
@@ -49,10 +47,9 @@ def main(args) -> int:
         bits = tuple(int(b) for b in args.quant_bits.split(",") if b.strip())
     except ValueError:
         raise NpoError(f"--quant-bits must be comma-separated integers, got '{args.quant_bits}'") from None
-    template = args.template or default_template(load_tokenizer(args.model))
     result = run_probes(
         args.model, args.reference, args.data, args.forget_split, args.out, retain_model_dir=args.retain_model,
-        holdout=args.holdout, probes=probes, template=template, max_length=args.max_length,
+        holdout=args.holdout, probes=probes, template=args.template, max_length=args.max_length,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, k=args.k,
         relearn_fraction=args.relearn_fraction, relearn_epochs=args.relearn_epochs, relearn_lr=args.relearn_lr,
         relearn_batch_size=args.relearn_batch_size, relearn_overrides=parse_overrides(args.overrides),
