@@ -38,7 +38,7 @@ class DemoSettings:
     target_epochs: int = MEMORISE_RECIPE["epochs"]
     target_lr: float = MEMORISE_RECIPE["lr"]
     target_batch: int = MEMORISE_RECIPE["batch_size"]
-    unlearn_epochs: int = 5
+    unlearn_epochs: int = 10  # the paper's recipe (SPEC section 4)
     unlearn_lr: float = 3e-4
     unlearn_batch: int = 8  # 13 steps per epoch on forget10, as the paper's 400 items at batch 32
     beta: float = 0.1
