@@ -208,13 +208,13 @@ def main() -> None:
     p.add_argument("--all-items", action="store_true", help="the full protocol: 400 + 400 + 100 + 117 items")
     p.add_argument("--max-new-tokens", type=int, default=200, help="generation limit (TOFU and npo: 200)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--quick", action="store_true", help="2 repetitions, 8 items per set, 32 new tokens")
+    p.add_argument("--quick", action="store_true", help="2 repetitions, 16 items per set, 16 new tokens")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared machine, idle OpenMP threads spin and inflate CPU time)")
     p.add_argument("--data", type=Path, default=TOFU)
     args = p.parse_args()
     if args.quick:
-        args.reps, args.items, args.max_new_tokens = 2, 8, 32
+        args.reps, args.items, args.max_new_tokens = 2, 16, 16
     items = None if args.all_items else args.items
     data = require_tofu(args.data)
     import torch
