@@ -46,8 +46,8 @@ def load_cache(path: Path) -> dict[str, torch.Tensor]:
 class OnlineReference:
     """The reference model run on the fly (KL terms, and the 'online' check path)."""
 
-    def __init__(self, model, lora: bool):
-        self.lora = lora and is_peft(model)
+    def __init__(self, model, lora: bool, full_logits: bool = False):
+        self.lora, self.full_logits = lora and is_peft(model), full_logits
         self.model = model if self.lora else copy.deepcopy(model).eval().requires_grad_(False)
 
     @contextlib.contextmanager
@@ -61,7 +61,7 @@ class OnlineReference:
     @torch.no_grad()
     def logprobs(self, batch: dict) -> torch.Tensor:
         with self._active() as m:
-            return sequence_logprobs(m, batch)[0]
+            return sequence_logprobs(m, batch, full_logits=self.full_logits)[0]
 
     @torch.no_grad()
     def log_softmax(self, batch: dict) -> torch.Tensor:

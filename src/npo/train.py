@@ -238,7 +238,7 @@ class Trainer:
         self.online = None
         m = self.method
         if m is not None and (m.online_reference or (cfg.reference == "online" and (m.ref_forget or m.ref_idk))):
-            self.online = OnlineReference(self.model, lora=bool(cfg.lora_r))
+            self.online = OnlineReference(self.model, lora=bool(cfg.lora_r), full_logits=cfg.logits == "full")
         self.cache: dict[str, torch.Tensor] = {}
         if m is not None and cfg.reference == "cached" and (m.ref_forget or m.ref_idk):
             t0 = time.time()
