@@ -10,10 +10,10 @@ gradient accumulation and data parallelism exact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from npo.reference import OnlineReference, reference_logprobs
 from npo.runtime import (
     env_info,
     make_accelerator,
+    progress,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -300,7 +301,7 @@ class Trainer:
             if not parts_f[j]:
                 continue
             sync = k == cfg.grad_accum - 1
-            with self.acc.autocast(), (self.acc.no_sync(self.scorer) if not sync and self.world > 1 else _null()):
+            with self.acc.autocast(), (self.acc.no_sync(self.scorer) if not sync and self.world > 1 else contextlib.nullcontext()):
                 loss, parts = self.micro_loss(parts_f[j], parts_r[j], totals)
                 finite = finite and bool(torch.isfinite(loss))
                 # DDP averages gradients over processes; the window shares already sum to one
@@ -377,7 +378,7 @@ class Trainer:
             save(cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "env.json", self.env)
         metrics_path = self.run_dir / "metrics.jsonl"
-        progress = _progress(self.total_steps, self.step, self.main)
+        bar = progress(self.total_steps, "steps", self.main, initial=self.step)
         if self.eval_hook and self.step == 0:
             self.eval_hook(self, epoch=0)
         while self.step < self.total_steps:
@@ -385,8 +386,8 @@ class Trainer:
             if self.main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                progress.update(1)
-                progress.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}")
             at_epoch_end = self.step % self.steps_per_epoch == 0
             epoch = self.step // self.steps_per_epoch
             if self.eval_hook and at_epoch_end and cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0:
@@ -395,7 +396,7 @@ class Trainer:
             due = (every and self.step % every == 0) or (not every and at_epoch_end)
             if due and self.step < self.total_steps:
                 self.save_checkpoint()
-        progress.close()
+        bar.close()
         self.acc.wait_for_everyone()
         if self.main:
             model = self.acc.unwrap_model(self.scorer).model
@@ -405,17 +406,3 @@ class Trainer:
         self.acc.wait_for_everyone()
         return self.run_dir
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(total: int, initial: int, main: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not (main and sys.stderr.isatty()), desc="steps",
-                dynamic_ncols=True)

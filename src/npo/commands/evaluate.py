@@ -41,11 +41,7 @@ def main(args) -> int:
     tok = load_tokenizer(args.model, args.gguf_file, args.trust_remote_code)
     model = load_model(args.model, dtype, args.gguf_file, args.trust_remote_code).to(acc.device)
     match_vocab(model, tok)
-    dist = Dist(acc.process_index, acc.num_processes)
-    if acc.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        dist.gather = gather_object
+    dist = Dist.from_accelerator(acc)
     with torch.no_grad():
         summary = evaluate_model(
             model, tok, data=args.data, forget_split=args.forget_split, template=args.template or default_template(tok),

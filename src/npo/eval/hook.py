@@ -28,11 +28,7 @@ class EvalHook:
 
         cfg, acc = self.cfg, trainer.acc
         model = acc.unwrap_model(trainer.scorer).model if hasattr(trainer, "scorer") else trainer.model
-        dist = Dist(acc.process_index, acc.num_processes)
-        if acc.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            dist.gather = gather_object
+        dist = Dist.from_accelerator(acc)
         out = trainer.run_dir / "eval" / f"epoch_{epoch:02d}"
         summary = evaluate_model(
             model, trainer.tok, data=self.data, forget_split=self.split, template=trainer.template, out=out,

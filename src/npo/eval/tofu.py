@@ -8,7 +8,6 @@ gathered back in order, so N processes write the same logs as one.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ from npo.data.qa import QARecord
 from npo.data.templates import render_prompt
 from npo.eval.metrics import rouge_recalls
 from npo.logprobs import sequence_logprobs
+from npo.runtime import progress
 
 log = logging.getLogger("npo")
 
@@ -39,6 +39,15 @@ class Dist:
     world: int = 1
     gather = None  # callable(list) -> list of every process's items, in process order
 
+    @classmethod
+    def from_accelerator(cls, acc) -> Dist:
+        dist = cls(acc.process_index, acc.num_processes)
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            dist.gather = gather_object
+        return dist
+
 
 def base_answer(set_name: str, rec: QARecord) -> str:
     """The answer the truth ratio compares against: the paraphrase on forget/retain, the answer itself
@@ -46,12 +55,6 @@ def base_answer(set_name: str, rec: QARecord) -> str:
     if set_name in ("forget", "retain") and rec.paraphrased_answer:
         return rec.paraphrased_answer
     return rec.answer
-
-
-def _progress(total: int, desc: str, rank: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not (rank == 0 and sys.stderr.isatty()), dynamic_ncols=True)
 
 
 @torch.no_grad()
@@ -62,7 +65,7 @@ def score_texts(model, tok, template: str, pairs: list[tuple[str, str]], max_len
     examples = [tokenize_qa(tok, template, q, a, max_length, where=f"eval item '{q[:40]}'") for q, a in unique]
     order = sorted(range(len(unique)), key=lambda i: len(examples[i].input_ids))
     out = {}
-    bar = _progress(len(order), desc, rank)
+    bar = progress(len(order), desc, rank == 0)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
@@ -94,7 +97,7 @@ def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_si
     tok.padding_side = "left"
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = [""] * len(encoded)
-    bar = _progress(len(order), "generating", rank)
+    bar = progress(len(order), "generating", rank == 0)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
