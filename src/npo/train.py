@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 
 from npo import losses
 from npo.checkpoint import DONE_MARKER, find_checkpoint, load_checkpoint, prepare_run_dir, save_checkpoint
@@ -109,6 +110,42 @@ def linear_schedule(warmup: int, total: int):
     return factor
 
 
+class _Terms:
+    """Backpropagates each loss term of a micro-batch as soon as it is computed, so the forget
+    term's graph (activations, logits) is freed before the retain term's forward: the peak holds
+    one term's graph, not two. Data-parallel gradients are reduced only in the backward of the
+    window's last term (DDP decides that at forward time, hence one context per term). DeepSpeed
+    counts backward calls as micro-batches, so there the terms are summed and backpropagated once."""
+
+    def __init__(self, trainer: Trainer, last: bool, n_terms: int):
+        self.t, self.last, self.left = trainer, last, n_terms
+        self.split = trainer.acc.distributed_type != DistributedType.DEEPSPEED
+        self.total, self.pending, self.finite = None, None, True
+
+    def context(self):
+        t, self.left = self.t, self.left - 1
+        sync = self.last and (self.left == 0 or not self.split)
+        no_sync = t.acc.no_sync(t.scorer) if not sync and t.world > 1 else contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(t.acc.autocast())
+        stack.enter_context(no_sync)
+        return stack
+
+    def add(self, term: torch.Tensor) -> None:
+        self.finite = self.finite and bool(torch.isfinite(term))
+        self.total = term.detach() if self.total is None else self.total + term.detach()
+        # DDP averages gradients over processes; the window shares already sum to one
+        if self.split:
+            self.t.acc.backward(term * self.t.world)
+        else:
+            self.pending = term if self.pending is None else self.pending + term
+
+    def finish(self) -> torch.Tensor:
+        if self.pending is not None:
+            self.t.acc.backward(self.pending * self.t.world)
+        return self.total
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: str, resume: bool = False, eval_hook=None):
         setup_logging()
@@ -187,49 +224,56 @@ class Trainer:
             return self.online.logprobs(batch)
         return self.cache[key][idx].to(self.acc.device)
 
-    def micro_loss(self, f_idx: list[int], r_idx: list[int], totals: dict) -> tuple[torch.Tensor, dict]:
-        """Loss of one micro-batch, scaled by its share of the window; and its logged parts."""
+    def micro_loss(self, f_idx: list[int], r_idx: list[int], totals: dict, last: bool) -> tuple[torch.Tensor, dict, bool]:
+        """Backpropagate one micro-batch's loss, scaled by its share of the window; return the loss,
+        its logged parts and whether every term was finite. `last`: the window's last micro-batch of
+        this process (where data-parallel gradients are reduced)."""
         cfg, m, sets = self.cfg, self.method, self.sets
         parts: dict[str, torch.Tensor] = {}
+        terms = _Terms(self, last, n_terms=2 if m is not None and m.retain else 1)
         if self.task == "finetune":
-            logp, n = self._logp(self._batch(sets.forget, f_idx))
-            loss = losses.nll_loss(logp, n) * (n.sum() / totals["forget_tokens"])
-            return loss, {"nll": loss.detach()}
+            with terms.context():
+                logp, n = self._logp(self._batch(sets.forget, f_idx))
+                loss = losses.nll_loss(logp, n) * (n.sum() / totals["forget_tokens"])
+                terms.add(loss)
+            return terms.finish(), {"nll": loss.detach()}, terms.finite
         share = len(f_idx) / totals["forget_examples"]
-        if m.forget == "idk":
-            logp, n = self._logp(self._batch(sets.idk, f_idx))
-            forget = losses.nll_loss(logp, n) * (n.sum() / totals["idk_tokens"])
-        else:
-            fb = self._batch(sets.forget, f_idx)
-            logp, n = self._logp(fb)
-            parts["forget_logp"] = logp.detach().sum() / totals["forget_examples"]
-            if m.forget == "ga":
-                forget = losses.ga_loss(logp, n) * (n.sum() / totals["forget_tokens"])
-            elif m.forget == "simnpo":
-                forget = losses.simnpo_loss(logp, n, cfg.beta, cfg.gamma) * share
-            elif m.forget == "npo":
-                ref = self._ref_logp("forget", sets.forget, f_idx, fb)
-                forget = losses.npo_loss(logp, ref, cfg.beta) * share
-                parts["npo_weight"] = losses.npo_weight(logp, ref, cfg.beta).sum() / totals["forget_examples"]
-            else:  # dpo: the refusal is preferred over the true answer
-                ib = self._batch(sets.idk, f_idx)
-                logp_idk, _ = self._logp(ib)
-                ref = self._ref_logp("forget", sets.forget, f_idx, fb)
-                ref_idk = self._ref_logp("idk", sets.idk, f_idx, ib)
-                forget = losses.dpo_loss(logp_idk, logp, ref_idk, ref, cfg.beta) * share
-        parts["forget_loss"] = forget.detach()
-        loss = cfg.forget_weight * forget
-        if m.retain:
-            rb = self._batch(sets.retain, r_idx)
-            if m.retain == "nll":
-                logp_r, n_r = self._logp(rb)
-                retain = losses.nll_loss(logp_r, n_r) * (n_r.sum() / totals["retain_tokens"])
+        with terms.context():
+            if m.forget == "idk":
+                logp, n = self._logp(self._batch(sets.idk, f_idx))
+                forget = losses.nll_loss(logp, n) * (n.sum() / totals["idk_tokens"])
             else:
-                ref_lp = self.online.log_softmax(rb)
-                retain = losses.kl_loss(ref_lp, self.scorer(rb, "dist")) * (ref_lp.shape[0] / totals["retain_tokens"])
-            parts["retain_loss"] = retain.detach()
-            loss = loss + cfg.retain_weight * retain
-        return loss, parts
+                fb = self._batch(sets.forget, f_idx)
+                logp, n = self._logp(fb)
+                parts["forget_logp"] = logp.detach().sum() / totals["forget_examples"]
+                if m.forget == "ga":
+                    forget = losses.ga_loss(logp, n) * (n.sum() / totals["forget_tokens"])
+                elif m.forget == "simnpo":
+                    forget = losses.simnpo_loss(logp, n, cfg.beta, cfg.gamma) * share
+                elif m.forget == "npo":
+                    ref = self._ref_logp("forget", sets.forget, f_idx, fb)
+                    forget = losses.npo_loss(logp, ref, cfg.beta) * share
+                    parts["npo_weight"] = losses.npo_weight(logp, ref, cfg.beta).sum() / totals["forget_examples"]
+                else:  # dpo: the refusal is preferred over the true answer
+                    ib = self._batch(sets.idk, f_idx)
+                    logp_idk, _ = self._logp(ib)
+                    ref = self._ref_logp("forget", sets.forget, f_idx, fb)
+                    ref_idk = self._ref_logp("idk", sets.idk, f_idx, ib)
+                    forget = losses.dpo_loss(logp_idk, logp, ref_idk, ref, cfg.beta) * share
+            parts["forget_loss"] = forget.detach()
+            terms.add(cfg.forget_weight * forget)
+        if m.retain:
+            with terms.context():
+                rb = self._batch(sets.retain, r_idx)
+                if m.retain == "nll":
+                    logp_r, n_r = self._logp(rb)
+                    retain = losses.nll_loss(logp_r, n_r) * (n_r.sum() / totals["retain_tokens"])
+                else:
+                    ref_lp = self.online.log_softmax(rb)
+                    retain = losses.kl_loss(ref_lp, self.scorer(rb, "dist")) * (ref_lp.shape[0] / totals["retain_tokens"])
+                parts["retain_loss"] = retain.detach()
+                terms.add(cfg.retain_weight * retain)
+        return terms.finish(), parts, terms.finite
 
     # -- the loop
 
@@ -300,13 +344,9 @@ class Trainer:
         for k, j in enumerate(mine):
             if not parts_f[j]:
                 continue
-            sync = k == cfg.grad_accum - 1
-            with self.acc.autocast(), (self.acc.no_sync(self.scorer) if not sync and self.world > 1 else contextlib.nullcontext()):
-                loss, parts = self.micro_loss(parts_f[j], parts_r[j], totals)
-                finite = finite and bool(torch.isfinite(loss))
-                # DDP averages gradients over processes; the window shares already sum to one
-                self.acc.backward(loss * self.world)
-            for name, v in {"loss": loss.detach(), **parts}.items():
+            loss, parts, ok = self.micro_loss(parts_f[j], parts_r[j], totals, last=k == cfg.grad_accum - 1)
+            finite = finite and ok
+            for name, v in {"loss": loss, **parts}.items():
                 logged[name] = logged.get(name, 0.0) + v
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
