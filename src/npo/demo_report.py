@@ -57,6 +57,44 @@ def _mu_text(values, target) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f} | {v.mean() / np.mean(target):.2f}x"
 
 
+def matched_per_seed(curve: dict, data: dict, settings) -> list[float | None]:
+    """Per seed, the best Forget Quality among epochs (>= 1) keeping `matched_utility` of the target's
+    Model Utility; None where no epoch does."""
+    out = []
+    for k, s in enumerate(settings.seeds):
+        floor = settings.matched_utility * data["target_mu"][s]
+        ok = [curve["fq"][e][k] for e in range(1, len(curve["fq"])) if curve["mu"][e][k] >= floor]
+        out.append(max(ok) if ok else None)
+    return out
+
+
+def _per_seed_text(values) -> str:
+    return ", ".join("none" if v is None else f"{v:.2g}" for v in values)
+
+
+def findings(data: dict, settings, ours: str = "npo_rt", baseline: str = "ga") -> str:
+    """The paper's two claims, checked on this run's numbers: gradient ascent collapses, and at matched
+    utility NPO+RT forgets better than GA. Empty unless both methods ran."""
+    curves = data["curves"]
+    if ours not in curves or baseline not in curves:
+        return ""
+    target = np.mean(list(data["target_mu"].values()))
+    lines = []
+    for m in (baseline, ours):
+        ratio = np.mean(curves[m]["mu"][-1]) / target
+        lines.append(f"- {m} at the last epoch keeps {ratio:.2f}x of the target's Model Utility "
+                     f"({'collapsed' if ratio < 0.2 else 'useful' if ratio >= settings.matched_utility else 'degraded'}).")
+    a, b = matched_per_seed(curves[ours], data, settings), matched_per_seed(curves[baseline], data, settings)
+    wins = sum(1 for x, y in zip(a, b, strict=True) if x is not None and (y is None or x > y))
+    ties = sum(1 for x, y in zip(a, b, strict=True) if x is not None and x == y)
+    both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    ratio = _gmean([x for x, _ in both]) / _gmean([y for _, y in both]) if both else float("nan")
+    lines.append(f"- At matched utility, {ours} beats {baseline} on {wins} of {len(a)} seeds ({ties} tied); "
+                 f"per seed {ours} [{_per_seed_text(a)}] vs {baseline} [{_per_seed_text(b)}], geo-mean ratio "
+                 f"{ratio:.2g}x.")
+    return "\n".join(["## What this run shows", "", *lines, ""])
+
+
 def tables(data: dict, settings) -> str:
     seeds = settings.seeds
     target = [data["target_mu"][s] for s in seeds]
@@ -76,25 +114,28 @@ def tables(data: dict, settings) -> str:
         best.append(f"| {method} | {_mu_text([mu[e][k] for k, e in enumerate(idx)], target)} | "
                     f"{_fq_text([fq[e][k] for k, e in enumerate(idx)])} | "
                     f"{np.mean([rouge[e][k] for k, e in enumerate(idx)]):.3f} |")
-        per_seed = []
-        for k, s in enumerate(seeds):
-            ok = [fq[e][k] for e in range(1, len(fq)) if mu[e][k] >= settings.matched_utility * data["target_mu"][s]]
-            per_seed.append(max(ok) if ok else None)
+        per_seed = matched_per_seed(c, data, settings)
         found = [v for v in per_seed if v is not None]
-        matched.append(f"| {method} | {len(found)}/{len(seeds)} | " + (_fq_text(found) if found else "none") + " |")
+        matched.append(f"| {method} | {len(found)}/{len(seeds)} | " + (_fq_text(found) if found else "none")
+                       + f" | {_per_seed_text(per_seed)} |")
     pct = int(settings.matched_utility * 100)
     return "\n".join([
         "### At a fixed stopping rule: the last epoch", "", *last, "",
         "### At the best epoch by Forget Quality (an oracle: choosing it uses the retain model)", "", *best, "",
         f"### At matched utility: the best Forget Quality among epochs keeping >= {pct}% of the target's Model "
         "Utility (also an oracle)", "",
-        "| method | seeds with such an epoch | Forget Quality (geo-mean [min, max]) |", "|---|---|---|", *matched, ""])
+        "| method | seeds with such an epoch | Forget Quality (geo-mean [min, max]) | per seed |", "|---|---|---|---|",
+        *matched, ""])
 
 
-def answers(out: Path, settings, item: int = 0) -> str:
+def answers(out: Path, settings) -> str:
+    """The first forget question the target answers word for word (ROUGE-L recall 1; the first question
+    if none), answered by the target and by each method's last model."""
     seed = settings.seeds[0]
     last = len(_history(out / f"seed{seed}" / settings.methods[0])) - 1
     target = load_log_dir(out / f"seed{seed}" / settings.methods[0] / "eval" / "epoch_00", sets=("forget",))
+    recall = target["forget"]["rougeL_recall"]
+    item = next((i for i, r in enumerate(recall) if r >= 1.0), 0)
     prompt, gen, truth = target["forget"]["generated_text"][item]
     rows = ["| model | answer |", "|---|---|", f"| true answer | {truth} |", f"| target | {gen} |"]
     for method in settings.methods:
@@ -145,6 +186,7 @@ def write_report(out: Path, settings, elapsed: float) -> Path:
         f"{settings.unlearn_lr}, beta {settings.beta}. Forget Quality is the KS p-value against the retain "
         f"model's truth ratios (> 0.05: forgetting the test cannot tell from never having learned). "
         f"Took {elapsed / 60:.1f} minutes.", "",
+        findings(data, settings),
         tables(data, settings),
         "## Forget Quality and Model Utility per epoch (mean over seeds, band: min-max)", "",
         "![curves](curves.png)", "", "## Forget Quality against Model Utility", "", "![tradeoff](tradeoff.png)", "",
