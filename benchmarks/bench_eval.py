@@ -1,6 +1,6 @@
 """The TOFU evaluation of the bench model: `npo.eval.run.evaluate_model` against a naive loop.
 
-    .venv/bin/python benchmarks/bench_eval.py [--reps N] [--items N | --all-items] [--max-new-tokens T] [--quick]
+    .venv/bin/python benchmarks/bench_eval.py [--reps N] [--items N | --all-items] [--max-new-tokens T] [--random-weights] [--quick]
 
 Both evaluate the forget10 protocol's four sets (forget10_perturbed, retain_perturbed, real_authors,
 world_facts; `--items N` keeps the first N of each, `--all-items` all 1,017), batch size 16, and
@@ -11,6 +11,10 @@ write the same per-item statistics (the script checks that their losses agree).
 - naive, as the original TOFU evaluation does it: per set, one pass per answer kind (ground truth,
   paraphrase, then each perturbed index), batches in dataset order, full logits over every position;
   greedy generation in dataset order to the length limit (`min_new_tokens = max_new_tokens`, no EOS stop).
+
+The bench model is first fine-tuned briefly on 800 TOFU pairs (`common.trained_bench_model`, cached), so
+that it ends its answers with EOS like any model that gets evaluated; `--random-weights` evaluates the
+random-weight model instead (it never emits EOS, so the project's EOS stop saves nothing).
 
 Everything runs in this one process, the two paths alternating (order swapped every repetition) after
 one small warm-up of each. Timings are process CPU time (all threads) and wall time; the scoring and
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     TOFU,
+    TRAINED_RECIPE,
     Clock,
     machine_line,
     paired_ratios,
@@ -37,6 +42,7 @@ from common import (  # noqa: E402
     save_bench_model,
     spread,
     table,
+    trained_bench_model,
     verdict,
 )
 
@@ -212,6 +218,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared machine, idle OpenMP threads spin and inflate CPU time)")
     p.add_argument("--data", type=Path, default=TOFU)
+    p.add_argument("--random-weights", action="store_true",
+                   help="evaluate the random-weight bench model (it never emits EOS: generation always runs to the limit)")
+    p.add_argument("--model-cache", type=Path, default=Path.home() / ".cache" / "npo-bench" / "eval-model",
+                   help="where the briefly trained bench model is kept between runs")
     args = p.parse_args()
     if args.quick:
         args.reps, args.items, args.max_new_tokens = 2, 16, 16
@@ -227,13 +237,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="npo-bench-eval-"))
     try:
         facts = save_bench_model(tmp / "model", data)
-        model = AutoModelForCausalLM.from_pretrained(tmp / "model", dtype=torch.float32).eval()
-        tok = load_tokenizer(str(tmp / "model"))
+        model_dir = tmp / "model" if args.random_weights else trained_bench_model(args.model_cache, data)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        tok = load_tokenizer(str(model_dir))
         sub = subsample(data, tmp / "data", items)
         from npo.data.qa import load_qa
 
         counts = {name: len(load_qa(str(sub), split)) for name, split in SPLITS.items()}
-        print(f"bench model: {facts['params']:,} parameters, vocab {facts['vocab']:,}, random weights, fp32")
+        weights = ("random weights" if args.random_weights else
+                   f"fine-tuned for {TRAINED_RECIPE['epochs']} epochs on {'+'.join(TRAINED_RECIPE['train'])} "
+                   f"(cached in {args.model_cache})")
+        print(f"bench model: {facts['params']:,} parameters, vocab {facts['vocab']:,}, {weights}, fp32")
         print(f"items: {', '.join(f'{k} {v}' for k, v in counts.items())}"
               f"{' (full protocol)' if items is None else f' (first {items} of each set: --items; --all-items for all)'}"
               f"; batch {args.batch_size}; max_new_tokens {args.max_new_tokens}; {args.reps} repetitions\n")
@@ -272,9 +286,9 @@ def report(project: list[dict], naive: list[dict], args, eos_len: float) -> None
     print(f"\nTOFU evaluation CPU time ratio {med:.2f} [{min(ratios):.2f}-{max(ratios):.2f}] at max_new_tokens "
           f"{args.max_new_tokens}: {verdict(med, TARGET)}")
     gen = statistics.median(r["new_tokens"] for r in project)
-    print(f"project generations ran {gen:.0f} new tokens per batch on median (limit {args.max_new_tokens}): "
-          "random weights rarely emit EOS, so the EOS stop saves nothing here; a trained model stops after its answer")
-    if eos_len < args.max_new_tokens:
+    print(f"project generations ran {gen:.0f} new tokens per batch on median (limit {args.max_new_tokens}); "
+          f"the reference answers + EOS are {eos_len:.0f} tokens (longest of a batch, mean over batches)")
+    if args.random_weights and eos_len < args.max_new_tokens:
         proj = [(r["cpu"] - r["gen_cpu"] * (1 - eos_len / args.max_new_tokens)) / n["cpu"]
                 for r, n in zip(project, naive, strict=True)]
         print(f"projection, not a measurement: a model that stops after its reference answer would generate "

@@ -80,6 +80,27 @@ def save_bench_model(out: Path, data: Path, seed: int = 0) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "learned_vocab": learned, "vocab": len(tok)}
 
 
+TRAINED_RECIPE = dict(train=["forget10", "retain10"], epochs=3, batch_size=16, lr=1e-3, template="qa",
+                      max_length=512, warmup_epochs=0.5, seed=0)
+
+
+def trained_bench_model(out: Path, data: Path) -> Path:
+    """The bench model after a short `npo finetune` on 800 TOFU pairs (TRAINED_RECIPE, 150 steps): it has
+    learnt to end an answer with EOS, as every model that is evaluated has, so generation stops where a
+    real evaluation's would. Kept under `out` (reused when present: the recipe is deterministic)."""
+    import npo
+    from npo.config import build
+
+    model = out / "model"
+    if (out / "done.json").exists():
+        return model
+    save_bench_model(out / "init", data)
+    cfg = build(None, {**TRAINED_RECIPE, "model": str(out / "init"), "data": str(data), "out": str(out),
+                       "dtype": "float32", "overwrite": True})
+    npo.finetune(cfg)
+    return model
+
+
 # ----------------------------------------------------------------------------- measurement
 
 
