@@ -80,12 +80,12 @@ def save_bench_model(out: Path, data: Path, seed: int = 0) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "learned_vocab": learned, "vocab": len(tok)}
 
 
-TRAINED_RECIPE = dict(train=["forget10", "retain10"], epochs=3, batch_size=16, lr=1e-3, template="qa",
+TRAINED_RECIPE = dict(train=["forget10", "retain10"], epochs=6, batch_size=16, lr=2e-3, template="qa",
                       max_length=512, warmup_epochs=0.5, seed=0)
 
 
 def trained_bench_model(out: Path, data: Path) -> Path:
-    """The bench model after a short `npo finetune` on 800 TOFU pairs (TRAINED_RECIPE, 150 steps): it has
+    """The bench model after a short `npo finetune` on 800 TOFU pairs (TRAINED_RECIPE, 300 steps): it has
     learnt to end an answer with EOS, as every model that is evaluated has, so generation stops where a
     real evaluation's would. Kept under `out` (reused when present: the recipe is deterministic)."""
     import npo
