@@ -59,6 +59,24 @@ def test_accumulation_8x1_equals_4x2(setup, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+@pytest.mark.parametrize("method", ["npo_rt", "npo_kl"])
+def test_backward_per_term_equals_one_backward_of_the_sum(setup, tmp_path, monkeypatch, method):
+    """Backpropagating the forget and retain terms one after the other (the default) gives the weights
+    of one backward of their sum (the DeepSpeed path)."""
+    import npo.train
+
+    a = Trainer(cfg_for(setup, tmp_path / "split", method=method, epochs=2), "unlearn").run()
+
+    class AsIfDeepSpeed:  # the summed path is taken when the accelerator's type equals DEEPSPEED
+        DEEPSPEED = npo.train.DistributedType.NO
+    monkeypatch.setattr(npo.train, "DistributedType", AsIfDeepSpeed)
+    b = Trainer(cfg_for(setup, tmp_path / "summed", method=method, epochs=2), "unlearn").run()
+    wa, wb = weights(a), weights(b)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    start = load_file(str(next(setup[1].glob("*.safetensors"))))
+    assert any(not torch.equal(wa[k], start[k]) for k in wa if k in start)  # the steps did move the weights
+
+
 @pytest.mark.parametrize("method", ["npo", "dpo"])
 def test_cached_reference_equals_online(setup, tmp_path, method):
     runs = {}
