@@ -224,7 +224,7 @@ class Trainer:
             return self.online.logprobs(batch)
         return self.cache[key][idx].to(self.acc.device)
 
-    def micro_loss(self, f_idx: list[int], r_idx: list[int], totals: dict, last: bool) -> tuple[torch.Tensor, dict, bool]:
+    def micro_backward(self, f_idx: list[int], r_idx: list[int], totals: dict, last: bool) -> tuple[torch.Tensor, dict, bool]:
         """Backpropagate one micro-batch's loss, scaled by its share of the window; return the loss,
         its logged parts and whether every term was finite. `last`: the window's last micro-batch of
         this process (where data-parallel gradients are reduced)."""
@@ -344,7 +344,7 @@ class Trainer:
         for k, j in enumerate(mine):
             if not parts_f[j]:
                 continue
-            loss, parts, ok = self.micro_loss(parts_f[j], parts_r[j], totals, last=k == cfg.grad_accum - 1)
+            loss, parts, ok = self.micro_backward(parts_f[j], parts_r[j], totals, last=k == cfg.grad_accum - 1)
             finite = finite and ok
             for name, v in {"loss": loss, **parts}.items():
                 logged[name] = logged.get(name, 0.0) + v
