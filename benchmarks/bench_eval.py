@@ -81,26 +81,22 @@ class Timers:
         orig_score, orig_gen, orig_generate = tofu.score_texts, tofu.generate, model.generate
         timers = self
 
-        def score_texts(*a, **k):
-            t = time.process_time()
-            try:
-                return orig_score(*a, **k)
-            finally:
-                timers.score += time.process_time() - t
-
-        def generate(*a, **k):
-            t = time.process_time()
-            try:
-                return orig_gen(*a, **k)
-            finally:
-                timers.gen += time.process_time() - t
+        def timed(fn, attr):
+            def wrapper(*a, **k):
+                t = time.process_time()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    setattr(timers, attr, getattr(timers, attr) + time.process_time() - t)
+            return wrapper
 
         def model_generate(*a, **k):
             out = orig_generate(*a, **k)
             timers.new_tokens.append(out.shape[1] - k["input_ids"].shape[1])
             return out
 
-        tofu.score_texts, tofu.generate, model.generate = score_texts, generate, model_generate
+        tofu.score_texts, tofu.generate = timed(orig_score, "score"), timed(orig_gen, "gen")
+        model.generate = model_generate
 
         def uninstall():
             tofu.score_texts, tofu.generate = orig_score, orig_gen
