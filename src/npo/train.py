@@ -122,14 +122,14 @@ class _Terms:
         self.split = trainer.acc.distributed_type != DistributedType.DEEPSPEED
         self.total, self.pending, self.finite = None, None, True
 
+    @contextlib.contextmanager
     def context(self):
+        """Around one term's forward (and, when split, its backward)."""
         t, self.left = self.t, self.left - 1
         sync = self.last and (self.left == 0 or not self.split)
         no_sync = t.acc.no_sync(t.scorer) if not sync and t.world > 1 else contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(t.acc.autocast())
-        stack.enter_context(no_sync)
-        return stack
+        with t.acc.autocast(), no_sync:
+            yield
 
     def add(self, term: torch.Tensor) -> None:
         self.finite = self.finite and bool(torch.isfinite(term))
@@ -215,9 +215,7 @@ class Trainer:
         return {k: v.to(self.acc.device) for k, v in collate([examples[i] for i in idx], self.tok.pad_token_id).items()}
 
     def _logp(self, batch: dict):
-        if self.cfg.logits == "full":
-            return self.scorer(batch, "full")
-        return self.scorer(batch)
+        return self.scorer(batch, "full" if self.cfg.logits == "full" else "logp")
 
     def _ref_logp(self, key: str, examples: list[Tokenized], idx: list[int], batch: dict) -> torch.Tensor:
         if self.online is not None and self.cfg.reference == "online":
