@@ -1,4 +1,4 @@
-"""The TOFU evaluation of the bench model: `npo.eval.run.evaluate_model` against a naive loop.
+"""The TOFU evaluation of the bench model: `npo.eval.tofu.evaluate_model` against a naive loop.
 
     .venv/bin/python benchmarks/bench_eval.py [--reps N] [--items N | --all-items] [--max-new-tokens T] [--random-weights] [--quick]
 
@@ -106,7 +106,7 @@ class Timers:
 
 
 def run_project(model, tok, data: Path, max_new_tokens: int, batch_size: int, out: Path) -> dict:
-    from npo.eval.run import evaluate_model
+    from npo.eval.tofu import evaluate_model
 
     timers = Timers()
     uninstall = timers.install(model)

@@ -12,7 +12,7 @@ TOFU forget10 / retain90, batch 8, template qa, max_length 512, fp32 on CPU.
   full logits as the original code does), the LM head over every position (`logits=full`), windows in
   plain random order (`random_order`), each padded to its longest example.
 
-Both go through the real `npo.train.Trainer`: `Trainer(cfg)`, `_prepare()`, then `train_step()`. Every
+Both go through the real `npo.train.Trainer`: `Trainer(cfg, method)`, then `train_step()`. Every
 (path, method, repetition) runs in its own process, so its peak RSS is its own: VmHWM from
 /proc/self/status, reset (`echo 5 > /proc/self/clear_refs`) after set-up and read after the last step,
 so it covers the training steps only (warm-up step included, since it allocates the optimizer state);
@@ -21,7 +21,7 @@ back, their order alternating; ratios are paired within a repetition and summari
 [min-max].
 
 The reference cache costs one forward pass over the 400 forget examples. It is computed once per run by
-the real `Trainer._prepare()` in a process of its own (its time is printed and amortised over the 500
+the real `Trainer._reference_cache()` in a process of its own (its time is printed and amortised over the 500
 steps of the paper's 10-epoch recipe), saved, and handed to the project's step processes through
 `Trainer._reference`, so that every repetition does not spend a minute recomputing the same tensor.
 """
@@ -112,16 +112,18 @@ class Recording:
 
 def make_trainer(args, out: Path):
     from npo.config import build
+    from npo.methods import METHODS
     from npo.train import Trainer
 
     cfg = build(None, {"model": args.model, "data": str(args.data), "forget": "forget10", "retain": "retain90",
                        "method": args.method, "template": "qa", "batch_size": 8, "max_length": 512,
                        "epochs": 10, "lr": 1e-5, "seed": args.seed, "out": str(out / "run"), **PATHS[args.path]})
-    return Trainer(cfg, "unlearn")
+    return Trainer(cfg, METHODS[cfg.method])
 
 
 def cache_worker(args) -> dict:
-    """The real reference pass of `Trainer._prepare()`, timed; the tensor is saved for the step workers."""
+    """The real reference pass of the Trainer (`_reference_cache`), timed; the tensor is saved for the
+    step workers."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -131,9 +133,9 @@ def cache_worker(args) -> dict:
         rss_init = rss_mib()
         reset_peak_rss()
         with Clock() as prep:
-            trainer._prepare()
-        torch.save(trainer.cache["forget"], args.ref_cache)
-        return {"prepare_cpu": prep.cpu, "prepare_wall": prep.wall, "examples": len(trainer.sets.forget),
+            cache = trainer._reference_cache(frozenset({"ref_forget"}))
+        torch.save(cache["forget"], args.ref_cache)
+        return {"prepare_cpu": prep.cpu, "prepare_wall": prep.wall, "examples": len(trainer.sets["forget"]),
                 "rss_init_mib": rss_init, "peak_rss_mib": peak_rss_mib()}
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -146,26 +148,25 @@ def worker(args) -> dict:
     rss_imports = rss_mib()
     out = Path(tempfile.mkdtemp(prefix="npo-bench-run-"))
     try:
-        trainer = make_trainer(args, out)
-        rss_init = rss_mib()
-        if args.path == "project":
+        if args.path == "project":  # the cache worker's tensor instead of a second reference pass
+            from npo.train import Trainer
+
             cached = torch.load(args.ref_cache)
-            trainer._reference = lambda examples, full: cached.clone()
+            Trainer._reference = lambda self, examples, full: cached.clone()
         with Clock() as prep:
-            trainer._prepare()
+            trainer = make_trainer(args, out)
+        rss_init = rss_mib()
         if args.path == "naive":
-            trainer.forget_stream = RandomOrderStream(len(trainer.sets.forget), trainer.window, args.seed)
-            trainer.retain_stream = (RandomOrderStream(len(trainer.sets.retain), trainer.window, args.seed + 1)
-                                     if trainer.retain_stream else None)
+            for k, name in enumerate(trainer.streams):
+                trainer.streams[name] = RandomOrderStream(len(trainer.sets[name]), trainer.window, args.seed + k)
             trainer.online = FullLogitsReference(trainer.online)
         rss_prepared = rss_mib()
         reset = reset_peak_rss()
         for _ in range(args.warmup):
             trainer.train_step()
         drawn: list[tuple[int, int]] = []
-        for name, examples in (("forget_stream", trainer.sets.forget), ("retain_stream", trainer.sets.retain)):
-            if getattr(trainer, name) is not None:
-                setattr(trainer, name, Recording(getattr(trainer, name), examples, drawn))
+        for name, stream in trainer.streams.items():
+            trainer.streams[name] = Recording(stream, trainer.sets[name], drawn)
         with Clock() as steps:
             for _ in range(args.steps):
                 trainer.train_step()
@@ -223,7 +224,7 @@ def main() -> None:
         common = ["--model", str(tmp / "model"), "--data", str(data), "--ref-cache", str(tmp / "ref.pt"),
                   "--threads", str(args.threads)]
         cache = run_worker(Path(__file__), ["--cache-only", *common])
-        print(f"reference cache (real Trainer._prepare, {cache['examples']} forget examples): "
+        print(f"reference cache (real Trainer._reference_cache, {cache['examples']} forget examples): "
               f"{cache['prepare_cpu']:.1f} s CPU, {cache['prepare_wall']:.1f} s wall, peak RSS "
               f"{cache['peak_rss_mib']:.0f} MiB; amortised over {RUN_STEPS} steps: "
               f"{cache['prepare_cpu'] / RUN_STEPS:.3f} s CPU per step")
@@ -283,7 +284,7 @@ def report(records: list[dict], methods: list[str], cache: dict) -> None:
     print(f"\nRSS before the steps (median over processes): {med('project', 'rss_imports_mib'):.0f} MiB after "
           f"imports, {med('project', 'rss_init_mib'):.0f} MiB with the model and data loaded (Trainer built), "
           f"{med('project', 'rss_prepared_mib'):.0f} (project) / {med('naive', 'rss_prepared_mib'):.0f} (naive, "
-          "+ frozen copy) after _prepare; both paths then add AdamW state and gradients (149 + 74 MiB)")
+          "+ frozen copy) after set-up; both paths then add AdamW state and gradients (149 + 74 MiB)")
     print()
     print("\n".join(verdicts))
 

@@ -33,7 +33,7 @@ def quick_demo(tmp_path_factory):
     to take the lock builds it): its testbed, target, retain and unlearned models feed several tests."""
     import fcntl
 
-    from npo.demo import QUICK, run_demo
+    from npo.demo.run import QUICK, run_demo
 
     # under pytest-xdist the workers' base dirs share a per-session parent; alone, use our own
     base = tmp_path_factory.getbasetemp()

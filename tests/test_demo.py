@@ -3,7 +3,7 @@
 import json
 import math
 
-from npo.demo_report import numbers_in
+from npo.demo.report import numbers_in
 
 
 def test_quick_demo_report(quick_demo):
@@ -43,8 +43,8 @@ def test_matched_utility_and_findings_on_hand_made_curves():
     """Two seeds, epochs 0-2, target MU 0.5 on both (0.8x floor = 0.4). By hand: npo_rt keeps MU >= 0.4 at
     epochs 1 and 2 on seed 0 (best FQ 0.3) and only at epoch 1 on seed 1 (0.2); ga keeps it at epoch 1
     on both (0.1, 0.05). Wins 2 of 2; geo-mean ratio sqrt(0.3 * 0.2) / sqrt(0.1 * 0.05) = sqrt(12)."""
-    from npo.demo import DemoSettings
-    from npo.demo_report import findings, matched_per_seed
+    from npo.demo.report import findings, matched_per_seed
+    from npo.demo.run import DemoSettings
 
     settings = DemoSettings(seeds=(0, 1), methods=("npo_rt", "ga"))
     curves = {

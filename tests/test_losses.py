@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from npo import losses
-from npo.losses import METHODS, dpo_loss, ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+from npo.losses import dpo_loss, ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+from npo.methods import FINETUNE, METHODS
 
 
 def test_npo_at_reference_is_2_over_beta_log2():
@@ -23,8 +23,8 @@ def test_npo_hand_checked_example_and_weight_by_autograd():
     ref = torch.zeros(3)
     loss = npo_loss(delta, ref, 0.1)
     assert loss.item() == pytest.approx(15.4645, abs=1e-4)
-    per_example = [(2 / 0.1) * math.log1p(math.exp(0.1 * d)) for d in (0.0, -10.0, 10.0)]
-    assert per_example == pytest.approx([13.8629, 6.2652, 26.2652], abs=1e-4)
+    per_example = torch.stack([npo_loss(d[None], torch.zeros(1), 0.1) for d in delta.detach()])
+    assert per_example.tolist() == pytest.approx([13.8629, 6.2652, 26.2652], abs=1e-4)
     loss.backward()
     # dL/d delta_i = W_i / 3 with W = 2 sigmoid(0.1 delta) = [1, 0.5379, 1.4621]
     w = npo_weight(delta.detach(), ref, 0.1)
@@ -80,11 +80,19 @@ def test_kl_over_labelled_positions():
     assert kl_loss(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_methods_table_is_complete():
-    assert set(METHODS) == {"ga", "ga_rt", "ga_kl", "npo", "npo_rt", "npo_kl", "simnpo", "idk_rt",
-                            "dpo", "dpo_rt", "dpo_kl"}
-    assert METHODS["npo_kl"].online_reference and not METHODS["npo_rt"].online_reference
-    assert METHODS["dpo_rt"].ref_idk and METHODS["dpo_rt"].ref_forget
-    assert not METHODS["simnpo"].ref_forget
-    assert all(m.forget in {"ga", "npo", "simnpo", "idk", "dpo"} for m in METHODS.values())
-    assert hasattr(losses, "npo_loss")
+# every term of every method -> its hand-derived golden test above
+GOLDEN = {
+    "ga": test_ga_and_nll_are_token_means,
+    "npo": test_npo_hand_checked_example_and_weight_by_autograd,
+    "simnpo": test_simnpo_formula,
+    "idk": test_ga_and_nll_are_token_means,  # the NLL of the refusals
+    "dpo": test_dpo_first_step_value_and_gradient,
+    "nll": test_ga_and_nll_are_token_means,
+    "kl": test_kl_over_labelled_positions,
+    "learn": test_ga_and_nll_are_token_means,
+}
+
+
+def test_every_term_has_a_golden_test():
+    terms = {t.name for m in (*METHODS.values(), FINETUNE) for t in m.terms}
+    assert terms == set(GOLDEN), f"terms without a golden test: {sorted(terms - set(GOLDEN))}"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from npo.cli import main as cli_main
-from npo.data import testbed as tb
-from npo.data.testbed_model import tiny_llama_config, tokenizer_corpus, train_tokenizer
 from npo.errors import NpoError
+from npo.testbed import people as tb
+from npo.testbed.model import tiny_llama_config, tokenizer_corpus, train_tokenizer
 
 torch.set_num_threads(1)
 
@@ -18,7 +18,7 @@ PERTURBED_KEYS = ["question", "answer", "paraphrased_answer", "perturbed_answer"
 
 @pytest.fixture(scope="module")
 def splits():
-    return tb.generate()
+    return tb.build_splits()
 
 
 def _files(path):
@@ -122,7 +122,7 @@ def test_first_people_do_not_depend_on_how_many_are_drawn():
 ])
 def test_bad_arguments_raise_npo_error(kwargs, message):
     with pytest.raises(NpoError, match=message):
-        tb.generate(**kwargs)
+        tb.build_splits(**kwargs)
 
 
 def test_cli_writes_the_testbed_and_rejects_bad_percents(tmp_path, capsys):

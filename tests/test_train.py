@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from helpers import qa_rows, save_tiny_model, write_jsonl
 from npo.config import build
+from npo.methods import METHODS
 from npo.train import Trainer
 
 
@@ -32,13 +33,17 @@ def cfg_for(setup, out, **kw):
     return build(None, base)
 
 
+def trainer_for(cfg):
+    return Trainer(cfg, METHODS[cfg.method])
+
+
 def weights(run_dir):
     return load_file(str(next((run_dir / "model").glob("*.safetensors"))))
 
 
 def test_three_npo_steps_lower_forget_logprob(setup, tmp_path):
     cfg = cfg_for(setup, tmp_path / "run", epochs=3, batch_size=8, lr=3e-3)
-    trainer = Trainer(cfg, "unlearn")
+    trainer = trainer_for(cfg)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     run_dir = trainer.run()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -53,8 +58,8 @@ def test_three_npo_steps_lower_forget_logprob(setup, tmp_path):
 
 
 def test_accumulation_8x1_equals_4x2(setup, tmp_path):
-    a = Trainer(cfg_for(setup, tmp_path / "a", method="npo_rt", batch_size=8, grad_accum=1, epochs=2), "unlearn").run()
-    b = Trainer(cfg_for(setup, tmp_path / "b", method="npo_rt", batch_size=4, grad_accum=2, epochs=2), "unlearn").run()
+    a = trainer_for(cfg_for(setup, tmp_path / "a", method="npo_rt", batch_size=8, grad_accum=1, epochs=2)).run()
+    b = trainer_for(cfg_for(setup, tmp_path / "b", method="npo_rt", batch_size=4, grad_accum=2, epochs=2)).run()
     wa, wb = weights(a), weights(b)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
@@ -65,12 +70,12 @@ def test_backward_per_term_equals_one_backward_of_the_sum(setup, tmp_path, monke
     of one backward of their sum (the DeepSpeed path)."""
     import npo.train
 
-    a = Trainer(cfg_for(setup, tmp_path / "split", method=method, epochs=2), "unlearn").run()
+    a = trainer_for(cfg_for(setup, tmp_path / "split", method=method, epochs=2)).run()
 
     class AsIfDeepSpeed:  # the summed path is taken when the accelerator's type equals DEEPSPEED
         DEEPSPEED = npo.train.DistributedType.NO
     monkeypatch.setattr(npo.train, "DistributedType", AsIfDeepSpeed)
-    b = Trainer(cfg_for(setup, tmp_path / "summed", method=method, epochs=2), "unlearn").run()
+    b = trainer_for(cfg_for(setup, tmp_path / "summed", method=method, epochs=2)).run()
     wa, wb = weights(a), weights(b)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     start = load_file(str(next(setup[1].glob("*.safetensors"))))
@@ -81,7 +86,7 @@ def test_backward_per_term_equals_one_backward_of_the_sum(setup, tmp_path, monke
 def test_cached_reference_equals_online(setup, tmp_path, method):
     runs = {}
     for ref in ("cached", "online"):
-        run = Trainer(cfg_for(setup, tmp_path / ref, method=method, reference=ref, epochs=2), "unlearn").run()
+        run = trainer_for(cfg_for(setup, tmp_path / ref, method=method, reference=ref, epochs=2)).run()
         runs[ref] = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     # float32: the two paths batch (and pad) the reference pass differently, so agree to ~1 ulp of the loss
     assert runs["cached"] == pytest.approx(runs["online"], rel=1e-6, abs=1e-6)
@@ -90,7 +95,7 @@ def test_cached_reference_equals_online(setup, tmp_path, method):
 def test_lora_npo_kl_uses_adapter_disabled_reference(setup, tmp_path):
     cfg = cfg_for(setup, tmp_path / "lora", method="npo_kl", lora_r=4, lora_alpha=8, epochs=2, lr=1e-2,
                   save_merged=True)
-    trainer = Trainer(cfg, "unlearn")
+    trainer = trainer_for(cfg)
     run_dir = trainer.run()
     assert trainer.online.lora and trainer.online.model is trainer.model  # no second copy
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

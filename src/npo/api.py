@@ -25,18 +25,20 @@ def _default_hook(cfg: TrainConfig):
 def unlearn(cfg: TrainConfig, resume: bool = False, eval_hook=None) -> Path:
     """Unlearn `cfg.forget` from `cfg.model` with `cfg.method`; returns the run directory
     (the final model is in `RUN/model`)."""
+    from npo.methods import METHODS
     from npo.train import Trainer
 
     validate(cfg)
-    return Trainer(cfg, "unlearn", resume, eval_hook or _default_hook(cfg)).run(resume)
+    return Trainer(cfg, METHODS[cfg.method], resume, eval_hook or _default_hook(cfg)).run()
 
 
 def finetune(cfg: TrainConfig, resume: bool = False, eval_hook=None) -> Path:
     """Plain NLL fine-tuning on `cfg.train` (the model to unlearn from, or a retain-only model)."""
+    from npo.methods import FINETUNE
     from npo.train import Trainer
 
     validate(cfg)
-    return Trainer(cfg, "finetune", resume, eval_hook or _default_hook(cfg)).run(resume)
+    return Trainer(cfg, FINETUNE, resume, eval_hook or _default_hook(cfg)).run()
 
 
 def resume_config(run_dir: str | Path) -> TrainConfig:

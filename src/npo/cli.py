@@ -20,13 +20,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("npo.commands.metrics", "TOFU aggregates (Model Utility, Forget Quality) from existing logs"),
     "testbed": ("npo.commands.testbed", "write the built-in dataset of fictitious people in the TOFU layout"),
     "demo": ("npo.commands.demo", "the whole pipeline offline on the built-in testbed, with a report"),
-    "synthetic": ("npo.synthetic_cli", "the paper's synthetic experiment (Figures 3, 4 and 9)"),
+    "synthetic": ("npo.commands.synthetic", "the paper's synthetic experiment (Figures 3, 4 and 9)"),
     "probe": ("npo.commands.probe", "membership-inference and robustness probes of an unlearned model"),
+    "methods": ("npo.commands.methods", "the unlearning methods: forget term, retain term, reference (a table)"),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error of `npo`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npo", description="Unlearning for language models with NPO.")
+    parser = _Parser(prog="npo", description="Unlearning for language models with NPO.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
                         help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
@@ -46,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv[:1])  # prints the usage error and exits 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"npo {name}", description=COMMANDS[name][1])
+    parser = _Parser(prog=f"npo {name}", description=COMMANDS[name][1])
     parser.add_argument("--debug", action="store_true", default=debug, help="show tracebacks on errors")
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as stop:  # --help, or a usage error already printed
+        return int(stop.code or 0)
     try:
         return int(module.main(args) or 0)
     except NpoError as err:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from npo.data.templates import TEMPLATES
 from npo.errors import ConfigError
-from npo.losses import METHODS
 
 
 @dataclass
@@ -72,6 +72,7 @@ class TrainConfig:
     logits: str = "labelled"  # labelled | full (naive path: LM head over every position)
     # evaluation hook
     eval_every_epochs: int = 0
+    eval_benchmark: str = "tofu"
     eval_data: str | None = None  # TOFU-layout directory with the eval sets (default: `data`)
     eval_forget_split: str | None = None  # e.g. forget10 (default: `forget` when it is a split name)
     eval_retain_logs: str | None = None
@@ -80,10 +81,21 @@ class TrainConfig:
     eval_batch_size: int = 16
 
 
+def _methods() -> tuple[str, ...]:
+    from npo.methods import METHODS
+
+    return tuple(METHODS)
+
+
+def _benchmarks() -> tuple[str, ...]:
+    from npo.eval.benchmarks import BENCHMARKS
+
+    return tuple(BENCHMARKS)
+
+
 CHOICES = {
-    "method": tuple(METHODS),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "template": (None, "chat", "llama2-tofu", "qa", "raw"),
+    "template": (None, *TEMPLATES),
     "reference": ("cached", "online"),
     "nonfinite": ("stop", "skip"),
     "logits": ("labelled", "full"),
@@ -183,7 +195,7 @@ def build(config_file: str | None = None, overrides: dict | None = None) -> Trai
 
 
 def validate(cfg: TrainConfig) -> None:
-    for name, allowed in CHOICES.items():
+    for name, allowed in {"method": _methods(), "eval_benchmark": _benchmarks(), **CHOICES}.items():
         if getattr(cfg, name) not in allowed:
             shown = ", ".join(str(a) for a in allowed if a is not None)
             raise ConfigError(f"'{name}' is {getattr(cfg, name)!r}; choose from {shown}")

@@ -8,8 +8,6 @@ the answer length, which is why GA and NPO need different learning rates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -57,34 +55,3 @@ def kl_loss(ref_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tenso
     if ref_log_probs.shape[0] == 0:
         return log_probs.sum() * 0.0
     return F.kl_div(log_probs, ref_log_probs, log_target=True, reduction="sum") / ref_log_probs.shape[0]
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a method needs: its forget term, its retain term, and which reference quantities."""
-
-    forget: str  # "ga" | "npo" | "simnpo" | "idk" | "dpo"
-    retain: str | None  # None | "nll" | "kl"
-    ref_forget: bool = False  # cached reference log-probs of the forget answers
-    ref_idk: bool = False  # cached reference log-probs of the idk answers
-    idk: bool = False  # needs "I don't know" answers
-
-    @property
-    def online_reference(self) -> bool:
-        """Only KL terms need the reference's full distribution on fresh retain batches."""
-        return self.retain == "kl"
-
-
-METHODS: dict[str, Method] = {
-    "ga": Method("ga", None),
-    "ga_rt": Method("ga", "nll"),
-    "ga_kl": Method("ga", "kl"),
-    "npo": Method("npo", None, ref_forget=True),
-    "npo_rt": Method("npo", "nll", ref_forget=True),
-    "npo_kl": Method("npo", "kl", ref_forget=True),
-    "simnpo": Method("simnpo", "nll"),
-    "idk_rt": Method("idk", "nll", idk=True),
-    "dpo": Method("dpo", None, ref_forget=True, ref_idk=True, idk=True),
-    "dpo_rt": Method("dpo", "nll", ref_forget=True, ref_idk=True, idk=True),
-    "dpo_kl": Method("dpo", "kl", ref_forget=True, ref_idk=True, idk=True),
-}

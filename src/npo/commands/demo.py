@@ -12,7 +12,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from npo.demo import run_demo, settings_from_args
+    from npo.demo.run import run_demo, settings_from_args
 
     settings = settings_from_args(args.quick, args.methods, args.forget_split, args.seeds)
     report = run_demo(args.out, settings)

@@ -1,22 +1,28 @@
-"""`npo eval`: TOFU evaluation of a model, written in the official log format plus a summary."""
+"""`npo eval`: evaluate a model on a benchmark (default TOFU): per-item logs in the benchmark's format
+plus `summary.json` and `summary.md`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from npo.data.templates import TEMPLATES
+from npo.eval.benchmarks import BENCHMARKS
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hub id")
-    parser.add_argument("--forget-split", required=True, help="e.g. forget10 (its _perturbed file is evaluated)")
-    parser.add_argument("--data", default="hf:locuslab/TOFU",
-                        help="TOFU-layout directory, or hf:NAME (default: hf:locuslab/TOFU)")
-    parser.add_argument("--retain-logs", help="eval logs of the retain-only model, for Forget Quality")
+    parser.add_argument("--benchmark", choices=tuple(BENCHMARKS), default="tofu",
+                        help="; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()) + " (default: tofu)")
+    parser.add_argument("--forget-split", help="TOFU: e.g. forget10 (its _perturbed file is evaluated)")
+    parser.add_argument("--data", required=True, help="the benchmark's data: a TOFU-layout directory, or hf:NAME")
+    parser.add_argument("--retain-logs", help="TOFU: eval logs of a model trained on the retain set only "
+                                              "(reference for Forget Quality)")
     parser.add_argument("--protocol", choices=["full", "legacy300"], default="full",
                         help="all items (full) or the first 300 of each set (legacy300, the published logs)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--template", choices=["chat", "llama2-tofu", "qa", "raw"],
+    parser.add_argument("--template", choices=TEMPLATES,
                         help="prompt format (default: chat if the tokenizer has a template, else qa)")
     parser.add_argument("--gguf-file", help="a GGUF file inside --model")
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -28,29 +34,27 @@ def main(args) -> int:
 
     from npo.data.templates import default_template
     from npo.errors import NpoError
-    from npo.eval.run import evaluate_model
-    from npo.eval.tofu import Dist
+    from npo.eval import benchmarks
+    from npo.eval.scoring import Dist
     from npo.modeling import choose_dtype, load_model, load_tokenizer, match_vocab
     from npo.runtime import make_accelerator, setup_logging
 
     setup_logging()
     if args.max_new_tokens <= 0 or args.batch_size <= 0:
         raise NpoError("--max-new-tokens and --batch-size must be positive")
+    bench = benchmarks.load(args.benchmark)
     acc = make_accelerator()
     dtype, _, _ = choose_dtype("auto", acc.device.type)
     tok = load_tokenizer(args.model, args.gguf_file, args.trust_remote_code)
     model = load_model(args.model, dtype, args.gguf_file, args.trust_remote_code).to(acc.device)
     match_vocab(model, tok)
-    dist = Dist.from_accelerator(acc)
+    spec = benchmarks.EvalSpec(
+        data=args.data, template=args.template or default_template(tok), forget_split=args.forget_split,
+        retain_logs=args.retain_logs, protocol=args.protocol, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, max_length=args.max_length, identity={"model": args.model})
     with torch.no_grad():
-        summary = evaluate_model(
-            model, tok, data=args.data, forget_split=args.forget_split, template=args.template or default_template(tok),
-            out=Path(args.out), protocol=args.protocol, retain_logs=args.retain_logs,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_length=args.max_length,
-            identity={"model": args.model}, dist=dist)
+        summary = bench.evaluate(model, tok, spec, Path(args.out), Dist.from_accelerator(acc))
     if summary is not None:
-        fq = summary["forget_quality"]
-        print(f"Model Utility {summary['model_utility']:.4f}; Forget Quality "
-              + (f"{fq:.4g}" if fq is not None else f"n/a ({summary['forget_quality_reason']})"))
+        print(bench.headline(summary))
         print(f"logs and summary: {args.out}")
     return 0

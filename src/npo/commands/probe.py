@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from npo.data.templates import TEMPLATES
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="the unlearned model (directory or hub id)")
@@ -15,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory for probes.json and probes.md")
     parser.add_argument("--probes", default="mia,relearn,quant,paraphrase",
                         help="comma-separated subset of mia,relearn,quant,paraphrase (default: all)")
-    parser.add_argument("--template", choices=["chat", "llama2-tofu", "qa", "raw"],
+    parser.add_argument("--template", choices=TEMPLATES,
                         help="prompt format (default: chat if the tokenizer has a template, else qa)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-new-tokens", type=int, default=200)

@@ -28,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from npo.data.testbed import generate, write_testbed
+    from npo.testbed.people import build_splits, write_testbed
 
     kwargs = dict(seed=args.seed, n_people=args.people, facts_per_person=args.facts,
                   forget_percents=_percents(args.forget_percents), n_holdout_people=args.holdout_people)
     out = write_testbed(args.out, **kwargs)
-    sizes = ", ".join(f"{name} {len(rows)}" for name, rows in generate(**kwargs).items())
+    sizes = ", ".join(f"{name} {len(rows)}" for name, rows in build_splits(**kwargs).items())
     print(f"wrote the testbed to {out}: {sizes}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from npo.config import build, parse_overrides
+from npo.methods import METHODS
 
 FLAGS = {  # flag -> (config key, type, help)
     "--model": ("model", str, "model directory or hub id"),
@@ -18,7 +19,7 @@ FLAGS = {  # flag -> (config key, type, help)
     "--seed": ("seed", int, "random seed"),
 }
 UNLEARN_FLAGS = {
-    "--method": ("method", str, "unlearning method (npo, npo_rt, npo_kl, simnpo, ga, ga_rt, ga_kl, idk_rt, dpo, ...)"),
+    "--method": ("method", str, "unlearning method (`npo methods` describes each)"),
     "--forget": ("forget", str, "forget set: file or split name"),
     "--retain": ("retain", str, "retain set: file or split name"),
     "--beta": ("beta", float, "NPO/DPO inverse temperature"),
@@ -29,7 +30,8 @@ def add(parser: argparse.ArgumentParser, unlearn: bool) -> None:
     parser.add_argument("--config", help="YAML preset (see configs/)")
     flags = {**FLAGS, **(UNLEARN_FLAGS if unlearn else {})}
     for flag, (key, typ, help_) in flags.items():
-        parser.add_argument(flag, dest=f"flag_{key}", type=typ, help=help_)
+        choices = tuple(METHODS) if key == "method" else None
+        parser.add_argument(flag, dest=f"flag_{key}", type=typ, help=help_, choices=choices)
     if not unlearn:
         parser.add_argument("--train", dest="flag_train", help="training set(s), comma-separated")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")

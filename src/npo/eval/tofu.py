@@ -1,52 +1,32 @@
-"""Model-side TOFU evaluation: per-item statistics in the official log format.
+"""TOFU (Maini et al. 2024): per-item statistics in the official log format, and one full evaluation
+of a model (the four eval sets, logs written in the official format, `summary.json`, `summary.md`).
 
-One forward per distinct (prompt, answer) text, batched by length; greedy generation batched with
-left padding, prompts sorted by length, stopped at EOS. Items are sharded across processes and
-gathered back in order, so N processes write the same logs as one.
+Items are sharded across processes and gathered back in order, so N processes write the same
+logs as one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-from npo.data.batches import collate, tokenize_qa
-from npo.data.qa import QARecord
+from npo.data.qa import QARecord, load_qa
 from npo.data.templates import render_prompt
-from npo.eval.metrics import rouge_recalls
-from npo.logprobs import sequence_logprobs
-from npo.runtime import progress
+from npo.errors import NpoError
+from npo.eval.logs import LOG_FILES, PROTOCOLS, apply_protocol, load_log_dir, parse_log, write_log_dir
+from npo.eval.metrics import rouge_recalls, tofu_metrics
+from npo.eval.scoring import Dist, gather_in_order, generate, prompt_ids, score_texts
 
 log = logging.getLogger("npo")
 
-# set name -> (data split, official log file name); the forget split is filled in per run
-EVAL_SETS = {
-    "retain": ("retain_perturbed", "eval_log.json"),
-    "forget": ("{forget}_perturbed", "eval_log_forget.json"),
-    "real_authors": ("real_authors_perturbed", "eval_real_author_wo_options.json"),
-    "world_facts": ("world_facts_perturbed", "eval_real_world_wo_options.json"),
+# eval set (as in logs.LOG_FILES) -> its data split; the forget split is filled in per run
+EVAL_SPLITS = {
+    "retain": "retain_perturbed",
+    "forget": "{forget}_perturbed",
+    "real_authors": "real_authors_perturbed",
+    "world_facts": "world_facts_perturbed",
 }
-PROTOCOL_ITEMS = {"legacy300": 300, "full": None}
-
-
-@dataclass
-class Dist:
-    """What a distributed run needs; a single process uses the defaults."""
-
-    rank: int = 0
-    world: int = 1
-    gather = None  # callable(list) -> list of every process's items, in process order
-
-    @classmethod
-    def from_accelerator(cls, acc) -> Dist:
-        dist = cls(acc.process_index, acc.num_processes)
-        if acc.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            dist.gather = gather_object
-        return dist
 
 
 def base_answer(set_name: str, rec: QARecord) -> str:
@@ -55,63 +35,6 @@ def base_answer(set_name: str, rec: QARecord) -> str:
     if set_name in ("forget", "retain") and rec.paraphrased_answer:
         return rec.paraphrased_answer
     return rec.answer
-
-
-@torch.no_grad()
-def score_texts(model, tok, template: str, pairs: list[tuple[str, str]], max_length: int, batch_size: int,
-                device, desc: str = "scoring", rank: int = 0) -> dict[tuple[str, str], tuple[float, int]]:
-    """(question, answer) -> (summed log-prob, token count), one forward per distinct pair."""
-    unique = sorted(set(pairs))
-    examples = [tokenize_qa(tok, template, q, a, max_length, where=f"eval item '{q[:40]}'") for q, a in unique]
-    order = sorted(range(len(unique)), key=lambda i: len(examples[i].input_ids))
-    out = {}
-    bar = progress(len(order), desc, rank == 0)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
-        logp, n = sequence_logprobs(model, batch)
-        for i, lp, cnt in zip(idx, logp.tolist(), n.tolist(), strict=True):
-            out[unique[i]] = (lp, int(cnt))
-        bar.update(len(idx))
-    bar.close()
-    return out
-
-
-def prompt_ids(tok, template: str, records: list[QARecord], max_length: int) -> list[list[int]]:
-    """Each question's prompt tokens exactly as they stand before the answer in the training text.
-    Tokenizing the prompt string alone can differ at the boundary (a trailing space becomes its own
-    token, which the model never saw before an answer)."""
-    out = []
-    for rec in records:
-        ex = tokenize_qa(tok, template, rec.question, rec.answer, max_length, where=f"eval item '{rec.question[:40]}'")
-        out.append(list(ex.input_ids[:ex.n_prompt]))
-    return out
-
-
-@torch.no_grad()
-def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
-             rank: int = 0) -> list[str]:
-    """Greedy continuations of token-id prompts, batched with left padding, sorted by length, stopped
-    at EOS."""
-    side = tok.padding_side
-    tok.padding_side = "left"
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    out = [""] * len(encoded)
-    bar = progress(len(order), "generating", rank == 0)
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = gen[:, batch["input_ids"].shape[1]:]
-            for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
-                out[i] = text.strip()
-            bar.update(len(idx))
-    finally:
-        tok.padding_side = side
-        bar.close()
-    return out
 
 
 def item_log(set_name: str, records: list[QARecord], scores: dict, prompts: list[str],
@@ -162,19 +85,91 @@ def evaluate_sets(model, tok, template: str, sets: dict[str, list[QARecord]], *,
         gens = gens_flat[start:start + len(recs)]
         start += len(recs)
         local = item_log(name, recs, scores, prompts[name], gens)
-        out[name] = _gather_in_order(local, len(sets[name]), dist)
+        out[name] = gather_in_order(local, len(sets[name]), dist)
     model.train(was_training)
     return out
 
 
-def _gather_in_order(local: dict[str, list], n_items: int, dist: Dist) -> dict[str, list]:
-    if dist.world == 1:
-        return local
-    rows = [[local[k][i] for k in local] for i in range(len(next(iter(local.values()))))]
-    everyone = dist.gather([(dist.rank, rows)])
-    keys = list(local)
-    merged = [None] * n_items
-    for rank, shard_rows in everyone:
-        for j, row in enumerate(shard_rows):
-            merged[rank + j * dist.world] = row
-    return {k: [row[c] for row in merged] for c, k in enumerate(keys)}
+def load_eval_sets(data: str, forget_split: str, protocol: str) -> dict[str, list[QARecord]]:
+    """The four eval sets, cut to the protocol's item count (legacy300: the first 300 of each)."""
+    if protocol not in PROTOCOLS:
+        raise NpoError(f"unknown protocol '{protocol}' (choose from {', '.join(PROTOCOLS)})")
+    keep = PROTOCOLS[protocol]
+    sets = {}
+    for name, split in EVAL_SPLITS.items():
+        records = load_qa(data, split.format(forget=forget_split))
+        sets[name] = records[:keep] if keep else records
+    return sets
+
+
+def load_retain_logs(retain_logs_dir: str | None, protocol: str, n_forget: int | None = None) -> dict | None:
+    """The retain model's forget log; refuses a count that differs from the evaluated forget set."""
+    if not retain_logs_dir:
+        return None
+    retain = apply_protocol(load_log_dir(retain_logs_dir, sets=("forget",)), protocol)
+    n = len(retain["forget"])
+    if n_forget is not None and n != n_forget:
+        hint = " (the published logs hold 300 items: use --protocol legacy300)" if n == 300 else ""
+        raise NpoError(f"{retain_logs_dir}: the retain model's forget log has {n} items but the evaluated "
+                       f"forget set has {n_forget} under protocol '{protocol}'{hint}")
+    return retain
+
+
+def summarize(logs: dict, retain: dict | None, protocol: str, identity: dict) -> dict:
+    return {"protocol": protocol, **tofu_metrics(logs, retain), **identity}
+
+
+def summary_markdown(summary: dict) -> str:
+    fq = summary["forget_quality"]
+    fq_text = f"{fq:.4g}" if fq is not None else f"n/a ({summary.get('forget_quality_reason')})"
+    rows = ["| set | Probability | ROUGE-L recall | Truth Ratio |", "|---|---|---|---|"]
+    for s in ("retain", "real_authors", "world_facts", "forget"):
+        rows.append(f"| {s} | {summary[f'{s}_prob']:.4f} | {summary[f'{s}_rouge']:.4f} | "
+                    f"{summary[f'{s}_truth_ratio']:.4f} |")
+    items = ", ".join(f"{k} {v}" for k, v in summary["items"].items())
+    return "\n".join([
+        f"**Model Utility** {summary['model_utility']:.4f} · **Forget Quality** {fq_text} · "
+        f"protocol `{summary['protocol']}` ({items})", "", *rows, ""])
+
+
+def evaluate_model(model, tok, *, data: str, forget_split: str, template: str, out: Path,
+                   protocol: str = "full", retain_logs: str | None = None, max_new_tokens: int = 200,
+                   batch_size: int = 16, max_length: int = 512, identity: dict | None = None,
+                   dist: Dist | None = None) -> dict | None:
+    """Evaluate, write the official logs + summary into `out` (main process), return the summary."""
+    dist = dist or Dist()
+    sets = load_eval_sets(data, forget_split, protocol)
+    retain = load_retain_logs(retain_logs, protocol, len(sets["forget"]))  # fail before the slow part
+    raw = evaluate_sets(model, tok, template, sets, max_length=max_length, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, dist=dist)
+    if dist.rank != 0:
+        return None
+    logs = {name: parse_log(log, source=f"{out}/{LOG_FILES[name]}") for name, log in raw.items()}
+    identity = {"data": str(data), "forget_split": forget_split, "template": template, **(identity or {})}
+    out.mkdir(parents=True, exist_ok=True)
+    write_log_dir(logs, out)
+    summary = summarize(logs, retain, protocol, {**identity, "retain_logs": retain_logs})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    return summary
+
+
+# ----------------------------------------------------------------------------- the benchmark seam
+
+CURVES = {"Forget Quality": ("forget_quality", "log"), "Model Utility": ("model_utility", "linear")}
+
+
+def evaluate(model, tok, spec, out: Path, dist: Dist | None = None) -> dict | None:
+    """`npo eval --benchmark tofu` and the training-time hook (see eval/benchmarks.py)."""
+    if not spec.forget_split:
+        raise NpoError("TOFU evaluation needs a forget split (--forget-split, or 'eval_forget_split')")
+    return evaluate_model(model, tok, data=spec.data, forget_split=spec.forget_split, template=spec.template,
+                          out=out, protocol=spec.protocol, retain_logs=spec.retain_logs,
+                          max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                          max_length=spec.max_length, identity=spec.identity, dist=dist)
+
+
+def headline(summary: dict) -> str:
+    fq = summary["forget_quality"]
+    fq_text = f"{fq:.4g}" if fq is not None else f"n/a ({summary['forget_quality_reason']})"
+    return f"Model Utility {summary['model_utility']:.4f}; Forget Quality {fq_text}"

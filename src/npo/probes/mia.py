@@ -26,7 +26,6 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
 
@@ -78,32 +77,11 @@ def privleak(auc: float, auc_retain: float) -> float:
     return (auc - auc_retain) / auc_retain * 100.0 if auc_retain > 0 else math.nan
 
 
-@torch.no_grad()
-def token_level(model, tok, template: str, pairs: list[tuple[str, str]], max_length: int, batch_size: int
-                ) -> list[dict[str, np.ndarray]]:
-    """Per (question, answer): the answer tokens' log-probs and the next-token distributions' mean and
-    std of log p, as numpy arrays (labelled tokens: the answer and its EOS)."""
-    from npo.data.batches import collate, tokenize_qa
-    from npo.logprobs import token_stats
-
-    device = next(model.parameters()).device
-    examples = [tokenize_qa(tok, template, q, a, max_length, where=f"probe item '{q[:40]}'") for q, a in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: len(examples[i].input_ids))
-    out: list[dict] = [{}] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
-        stats = {k: v.float().cpu().numpy() if k != "rows" else v.cpu().numpy()
-                 for k, v in token_stats(model, batch).items()}
-        for row, i in enumerate(idx):
-            sel = stats["rows"] == row
-            out[i] = {k: stats[k][sel] for k in ("logp", "mu", "sigma")}
-    return out
-
-
 def scores_for(model, tok, template: str, pairs: list[tuple[str, str]], max_length: int, batch_size: int,
                k: float = 0.2) -> dict[str, np.ndarray]:
     """Attack scores of the answers of `pairs` under `model`."""
+    from npo.eval.scoring import token_level
+
     toks = token_level(model, tok, template, pairs, max_length, batch_size)
     return attack_scores([t["logp"] for t in toks], [t["mu"] for t in toks], [t["sigma"] for t in toks],
                          [a for _, a in pairs], k)

@@ -91,7 +91,7 @@ def item_metrics(model, tok, template: str, records: list[QARecord], *, max_leng
     """Per item: p(answer)^(1/tokens) and the ROUGE-L recall of the greedy answer; `paraphrased` asks
     `paraphrased_question` instead of `question`."""
     from npo.eval.metrics import rouge_recalls
-    from npo.eval.tofu import generate, prompt_ids, score_texts
+    from npo.eval.scoring import generate, prompt_ids, score_texts
 
     device = next(model.parameters()).device
     was_training = model.training

@@ -173,7 +173,7 @@ def probe_table(out: Path, settings) -> str:
 
 
 def write_report(out: Path, settings, elapsed: float) -> Path:
-    from npo.report import plot_methods
+    from npo.plots import plot_methods
 
     data = collect(out, settings)
     target_mu = float(np.mean(list(data["target_mu"].values())))

@@ -31,7 +31,7 @@ _F64 = torch.float64
 
 
 @dataclass(frozen=True)
-class Method:
+class Setting:
     """One unlearning objective: a forget term, an optional retain term (λ = 1), lr and β."""
 
     name: str
@@ -47,7 +47,7 @@ class Method:
             raise ValueError(f"{self.name}: beta must be > 0")
 
 
-def table1_methods(alpha: float) -> list[Method]:
+def table1_methods(alpha: float) -> list[Setting]:
     """Paper Table 1 settings. NPO+KL and DPO+KL are not in SPEC's table; they take their family's
     settings, as in the authors' parameter file."""
     if alpha == 1:
@@ -57,14 +57,14 @@ def table1_methods(alpha: float) -> list[Method]:
     else:
         raise ValueError(f"Table 1 has settings for alpha 0 and 1 only, not {alpha}")
     return [
-        Method("GA", "ga", None, ga_lr),
-        Method("GA+RT", "ga", "rt", ga_lr),
-        Method("IDK+RT", "idk", "rt", ga_lr),
-        Method("NPO", "npo", None, npo_lr, npo_beta),
-        Method("NPO+RT", "npo", "rt", npo_lr, npo_beta),
-        Method("DPO+RT", "dpo", "rt", dpo_lr, dpo_beta),
-        Method("NPO+KL", "npo", "kl", npo_lr, npo_beta),
-        Method("DPO+KL", "dpo", "kl", dpo_lr, dpo_beta),
+        Setting("GA", "ga", None, ga_lr),
+        Setting("GA+RT", "ga", "rt", ga_lr),
+        Setting("IDK+RT", "idk", "rt", ga_lr),
+        Setting("NPO", "npo", None, npo_lr, npo_beta),
+        Setting("NPO+RT", "npo", "rt", npo_lr, npo_beta),
+        Setting("DPO+RT", "dpo", "rt", dpo_lr, dpo_beta),
+        Setting("NPO+KL", "npo", "kl", npo_lr, npo_beta),
+        Setting("DPO+KL", "dpo", "kl", dpo_lr, dpo_beta),
     ]
 
 
@@ -72,9 +72,9 @@ FIGURE3_BETAS = (0.01, 0.1, 0.2, 0.5, 1.0)
 FIGURE3_LR, FIGURE3_STEPS = 5e-4, 10_000
 
 
-def beta_sweep_methods(betas: Sequence[float] = FIGURE3_BETAS, lr: float = FIGURE3_LR) -> list[Method]:
+def beta_sweep_methods(betas: Sequence[float] = FIGURE3_BETAS, lr: float = FIGURE3_LR) -> list[Setting]:
     """Figure 3: GA and NPO at several β with one learning rate, to show NPO → GA as β → 0."""
-    return [Method("GA", "ga", None, lr)] + [Method(f"NPO β={b:g}", "npo", None, lr, b) for b in betas]
+    return [Setting("GA", "ga", None, lr)] + [Setting(f"NPO β={b:g}", "npo", None, lr, b) for b in betas]
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -170,7 +170,7 @@ def pretrain(data: SyntheticData, steps: int = PRETRAIN_STEPS, lr: float = PRETR
 # ---------------------------------------------------------------------------------- unlearning
 
 
-def _coefficients(methods: Sequence[Method]) -> dict[str, torch.Tensor]:
+def _coefficients(methods: Sequence[Setting]) -> dict[str, torch.Tensor]:
     """Per-run weight of each loss term (1 or 0) plus β and lr, as (1, M, 1) tensors that broadcast
     over (S, M, n). Terms no run uses are left out, so they cost nothing."""
     def col(values) -> torch.Tensor:
@@ -224,7 +224,7 @@ def reference_logits(data: SyntheticData, models: Pretrained) -> torch.Tensor:
 
 
 def unlearn_loss(a: torch.Tensor, data: SyntheticData, ref_z: torch.Tensor,
-                 methods: Sequence[Method]) -> torch.Tensor:
+                 methods: Sequence[Setting]) -> torch.Tensor:
     """Objective of every run, (S, M): forget term mean over forget rows + retain term mean over
     retain rows. Differentiable; used for checks, the loop uses `unlearn_grad`."""
     forget, retain = _per_sample(logits(data.phi_t, a), ref_z, data, _coefficients(methods), False)
@@ -246,7 +246,7 @@ def forget_rows(data: SyntheticData) -> SyntheticData:
 
 
 def unlearn_grad(a: torch.Tensor, data: SyntheticData, ref_z: torch.Tensor,
-                 methods: Sequence[Method]) -> torch.Tensor:
+                 methods: Sequence[Setting]) -> torch.Tensor:
     """Closed-form gradient of `unlearn_loss` w.r.t. a, (S, M, K): (dL/dz)·Φ, all runs in one bmm."""
     return _grad(a, data, ref_z, _coefficients(methods))
 
@@ -273,7 +273,7 @@ class Curves:
 
     alpha: float
     seeds: tuple[int, ...]
-    methods: tuple[Method, ...]
+    methods: tuple[Setting, ...]
     steps: np.ndarray
     metrics: dict[str, np.ndarray]
 
@@ -287,7 +287,7 @@ class Curves:
         return {"mean": v.mean(1), "std": v.std(1), "min": v.min(1), "max": v.max(1)}
 
 
-def unlearn(data: SyntheticData, models: Pretrained, methods: Sequence[Method], steps: int,
+def unlearn(data: SyntheticData, models: Pretrained, methods: Sequence[Setting], steps: int,
             eval_every: int = EVAL_EVERY) -> Curves:
     """Full-batch plain GD on a from π_ref for every (seed, method) at once; metrics at step 0 and
     every `eval_every` steps (and at the last step)."""
@@ -311,7 +311,7 @@ def unlearn(data: SyntheticData, models: Pretrained, methods: Sequence[Method], 
 
 
 def study(alpha: float, seeds: Sequence[int], steps: int = 2000, pretrain_steps: int = PRETRAIN_STEPS,
-          methods: Sequence[Method] | None = None, eval_every: int = EVAL_EVERY) -> tuple[Curves, Pretrained]:
+          methods: Sequence[Setting] | None = None, eval_every: int = EVAL_EVERY) -> tuple[Curves, Pretrained]:
     """Data, pre-training and unlearning of one α in one call (Table 1 methods by default)."""
     data = make_data(alpha, seeds)
     models = pretrain(data, pretrain_steps)

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from npo.config import build
-from npo.data.testbed_model import MEMORISE_RECIPE
 from npo.errors import NpoError
-from npo.losses import METHODS
+from npo.methods import METHODS
+from npo.testbed.model import MEMORISE_RECIPE
 
 log = logging.getLogger("npo")
 
@@ -57,14 +57,14 @@ def _retain_split(forget_split: str) -> str:
 
 def prepare(out: Path, s: DemoSettings) -> tuple[Path, Path]:
     """The testbed data and its tokenizer (shared by every seed)."""
-    from npo.data.testbed import generate, write_testbed
-    from npo.data.testbed_model import tokenizer_corpus, train_tokenizer
+    from npo.testbed.model import tokenizer_corpus, train_tokenizer
+    from npo.testbed.people import build_splits, write_testbed
 
     pct = int(s.forget_split.removeprefix("forget"))
     percents = sorted({p for p in (1, 5, 10) if p * s.people >= 100} | {pct})
     data = write_testbed(out / "data", seed=s.data_seed, n_people=s.people, facts_per_person=s.facts,
                          forget_percents=percents)
-    splits = generate(s.data_seed, s.people, s.facts, forget_percents=percents)
+    splits = build_splits(s.data_seed, s.people, s.facts, forget_percents=percents)
     tok = train_tokenizer(tokenizer_corpus(splits), vocab_size=s.vocab_size)
     tok.save_pretrained(out / "tokenizer")
     return data, out / "tokenizer"
@@ -73,7 +73,7 @@ def prepare(out: Path, s: DemoSettings) -> tuple[Path, Path]:
 def init_model(tok_dir: Path, out: Path, seed: int, overrides: dict) -> Path:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from npo.data.testbed_model import tiny_llama_config
+    from npo.testbed.model import tiny_llama_config
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(seed)
@@ -91,7 +91,7 @@ def train_model(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int
     """The target (trained on everyone) or the retain model (retain people only; also evaluated, as
     the reference distribution of Forget Quality)."""
     import npo
-    from npo.eval.run import evaluate_model
+    from npo.eval.tofu import evaluate_model
     from npo.modeling import load_model, load_tokenizer
 
     root = out / f"seed{seed}"
@@ -164,7 +164,7 @@ def run_demo(out: str | Path, settings: DemoSettings, workers: int | None = None
     seeds, methods) run in `workers` processes (default: one per CPU core, at most 4)."""
     import os
 
-    from npo.demo_report import write_report
+    from npo.demo.report import write_report
     from npo.runtime import setup_logging
 
     setup_logging()

@@ -121,8 +121,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = _resolve(args)
     import torch
 
-    from npo import synthetic as syn
-    from npo import synthetic_plots as plots
+    from npo.synthetic import experiment as syn
+    from npo.synthetic import plots
 
     torch.set_num_threads(args.threads)
     seeds = list(range(cfg["seed"], cfg["seed"] + cfg["seeds"]))

@@ -22,22 +22,29 @@ def _fq(values) -> np.ndarray:
     return np.array([np.nan if v is None else max(v, 1e-30) for v in values], dtype=float)
 
 
-def plot_run(history: list[dict], out: Path, title: str = "") -> Path:
-    """One run: FQ and MU against steps, and FQ against MU."""
+def plot_run(history: list[dict], curves: dict[str, tuple[str, str]], out: Path, title: str = "") -> Path:
+    """One run: each curve (label -> (history key, "log" | "linear")) against steps, and the first
+    against the second (for TOFU: Forget Quality against Model Utility)."""
     plt = _plt()
     steps = [h["step"] for h in history]
-    mu = np.array([h["model_utility"] for h in history])
-    fq = _fq([h["forget_quality"] for h in history])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    axes[0].plot(steps, fq, "o-")
-    axes[0].set(xlabel="step", ylabel="Forget Quality (KS p-value)", yscale="log", title="Forget Quality")
-    axes[0].axhline(0.05, color="grey", ls=":", lw=1)
-    axes[1].plot(steps, mu, "o-")
-    axes[1].set(xlabel="step", ylabel="Model Utility", title="Model Utility")
-    axes[2].plot(mu, fq, "o-")
-    for h, x, y in zip(history, mu, fq, strict=True):
-        axes[2].annotate(str(h.get("epoch", "")), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes[2].set(xlabel="Model Utility", ylabel="Forget Quality", yscale="log", title="FQ vs MU (labels: epoch)")
+    series = {label: (_fq([h[key] for h in history]) if scale == "log"
+                      else np.array([np.nan if h[key] is None else h[key] for h in history], dtype=float), scale)
+              for label, (key, scale) in curves.items()}
+    pair = list(series)[:2] if len(series) >= 2 else []
+    fig, axes = plt.subplots(1, len(series) + bool(pair), figsize=(4 * (len(series) + bool(pair)), 3.4), squeeze=False)
+    axes = axes[0]
+    for ax, (label, (values, scale)) in zip(axes, series.items(), strict=False):
+        ax.plot(steps, values, "o-")
+        ax.set(xlabel="step", ylabel=label, yscale=scale, title=label)
+        if label == "Forget Quality":
+            ax.axhline(0.05, color="grey", ls=":", lw=1)
+    if pair:
+        (y, yscale), (x, _) = series[pair[0]], series[pair[1]]
+        ax = axes[-1]
+        ax.plot(x, y, "o-")
+        for h, xi, yi in zip(history, x, y, strict=True):
+            ax.annotate(str(h.get("epoch", "")), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=pair[1], ylabel=pair[0], yscale=yscale, title=f"{pair[0]} vs {pair[1]} (labels: epoch)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=130)

@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from npo.synthetic import Curves
+from npo.synthetic.experiment import Curves
 
 FIGURE4_METHODS = ("GA", "GA+RT", "IDK+RT", "DPO+RT", "NPO", "NPO+RT")
 COLORS = {"GA": "#d62728", "GA+RT": "#ff7f0e", "IDK+RT": "#8c564b", "DPO+RT": "#9467bd",

@@ -338,7 +338,7 @@ def holdout_name(n_people: int, n_holdout_people: int) -> str:
     return f"holdout{max(1, (100 * n_holdout_people + n_people // 2) // n_people):02d}"
 
 
-def generate(seed: int = 0, n_people: int = 100, facts_per_person: int = 10, forget_percents=(1, 5, 10),
+def build_splits(seed: int = 0, n_people: int = 100, facts_per_person: int = 10, forget_percents=(1, 5, 10),
              n_holdout_people: int = 10) -> dict[str, list[dict]]:
     """Split name -> records, in the TOFU layout. forgetXX = the last people (nested), retainYY its
     complement, holdoutXX = extra people in no training split (membership-inference probes)."""
@@ -402,7 +402,7 @@ of book titles. A model trained on the retain people alone thus knows part of th
 def write_testbed(out_dir, seed: int = 0, n_people: int = 100, facts_per_person: int = 10,
                   forget_percents=(1, 5, 10), n_holdout_people: int = 10) -> Path:
     """Write every split as `name.json` (JSON lines), `idontknow.jsonl` and a README; returns out_dir."""
-    splits = generate(seed, n_people, facts_per_person, forget_percents, n_holdout_people)
+    splits = build_splits(seed, n_people, facts_per_person, forget_percents, n_holdout_people)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NpoError(f"{out} exists and is not a directory")

@@ -1,0 +1,1 @@
+"""The offline demo: the whole pipeline on the built-in testbed (`run.py`) and its report (`report.py`)."""

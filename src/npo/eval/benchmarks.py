@@ -1,0 +1,43 @@
+"""The benchmarks `npo eval --benchmark NAME` and the training-time hook (`eval_benchmark`) can run.
+
+Each benchmark is a module exposing
+- `evaluate(model, tok, spec: EvalSpec, out: Path, dist: Dist) -> dict | None`: per-item logs and
+  `summary.json` / `summary.md` written under `out` by the main process, the summary returned
+  (None on other processes);
+- `headline(summary) -> str`: one line for logs and the CLI;
+- `CURVES`: plot label -> (summary key, "log" | "linear"), the numbers followed across epochs.
+Modules are imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from npo.errors import NpoError
+
+# name -> (module, one line)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "tofu": ("npo.eval.tofu", "TOFU: fictitious authors' QA; Model Utility and Forget Quality (Maini et al. 2024)"),
+}
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What one evaluation is asked to do: `npo eval` flags, or the trainer's `eval_*` keys."""
+
+    data: str
+    template: str
+    forget_split: str | None = None
+    retain_logs: str | None = None  # the retain model's logs (TOFU: its eval folder)
+    protocol: str = "full"
+    max_new_tokens: int = 200
+    batch_size: int = 16
+    max_length: int = 512
+    identity: dict = field(default_factory=dict)  # written into the summary (model, epoch, ...)
+
+
+def load(name: str):
+    if name not in BENCHMARKS:
+        raise NpoError(f"unknown benchmark '{name}' (choose from {', '.join(BENCHMARKS)})")
+    return importlib.import_module(BENCHMARKS[name][0])

@@ -1,0 +1,125 @@
+"""Batched model calls shared by every benchmark and probe: scoring (question, answer) texts and
+greedy generation. One forward per distinct text, batched by length; generation batched with left
+padding, prompts sorted by length, stopped at EOS. `Dist` shards items across processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from npo.data.batches import collate, tokenize_qa
+from npo.data.qa import QARecord
+from npo.logprobs import sequence_logprobs, token_stats
+from npo.runtime import progress
+
+
+@dataclass
+class Dist:
+    """What a distributed run needs; a single process uses the defaults."""
+
+    rank: int = 0
+    world: int = 1
+    gather = None  # callable(list) -> list of every process's items, in process order
+
+    @classmethod
+    def from_accelerator(cls, acc) -> Dist:
+        dist = cls(acc.process_index, acc.num_processes)
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            dist.gather = gather_object
+        return dist
+
+
+@torch.no_grad()
+def score_texts(model, tok, template: str, pairs: list[tuple[str, str]], max_length: int, batch_size: int,
+                device, desc: str = "scoring", rank: int = 0) -> dict[tuple[str, str], tuple[float, int]]:
+    """(question, answer) -> (summed log-prob, token count), one forward per distinct pair."""
+    unique = sorted(set(pairs))
+    examples = [tokenize_qa(tok, template, q, a, max_length, where=f"eval item '{q[:40]}'") for q, a in unique]
+    order = sorted(range(len(unique)), key=lambda i: len(examples[i].input_ids))
+    out = {}
+    bar = progress(len(order), desc, rank == 0)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
+        logp, n = sequence_logprobs(model, batch)
+        for i, lp, cnt in zip(idx, logp.tolist(), n.tolist(), strict=True):
+            out[unique[i]] = (lp, int(cnt))
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def prompt_ids(tok, template: str, records: list[QARecord], max_length: int) -> list[list[int]]:
+    """Each question's prompt tokens exactly as they stand before the answer in the training text.
+    Tokenizing the prompt string alone can differ at the boundary (a trailing space becomes its own
+    token, which the model never saw before an answer)."""
+    out = []
+    for rec in records:
+        ex = tokenize_qa(tok, template, rec.question, rec.answer, max_length, where=f"eval item '{rec.question[:40]}'")
+        out.append(list(ex.input_ids[:ex.n_prompt]))
+    return out
+
+
+@torch.no_grad()
+def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
+             rank: int = 0) -> list[str]:
+    """Greedy continuations of token-id prompts, batched with left padding, sorted by length, stopped
+    at EOS."""
+    side = tok.padding_side
+    tok.padding_side = "left"
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = [""] * len(encoded)
+    bar = progress(len(order), "generating", rank == 0)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            new = gen[:, batch["input_ids"].shape[1]:]
+            for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+                out[i] = text.strip()
+            bar.update(len(idx))
+    finally:
+        tok.padding_side = side
+        bar.close()
+    return out
+
+
+@torch.no_grad()
+def token_level(model, tok, template: str, pairs: list[tuple[str, str]], max_length: int, batch_size: int
+                ) -> list[dict[str, np.ndarray]]:
+    """Per (question, answer): the answer tokens' log-probs and the next-token distributions' mean and
+    std of log p, as numpy arrays (labelled tokens: the answer and its EOS)."""
+    device = next(model.parameters()).device
+    examples = [tokenize_qa(tok, template, q, a, max_length, where=f"probe item '{q[:40]}'") for q, a in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(examples[i].input_ids))
+    out: list[dict] = [{}] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
+        stats = {k: v.float().cpu().numpy() if k != "rows" else v.cpu().numpy()
+                 for k, v in token_stats(model, batch).items()}
+        for row, i in enumerate(idx):
+            sel = stats["rows"] == row
+            out[i] = {k: stats[k][sel] for k in ("logp", "mu", "sigma")}
+    return out
+
+
+def gather_in_order(local: dict[str, list], n_items: int, dist: Dist) -> dict[str, list]:
+    """Columns of per-item values from every process (each held every `world`-th item), in item order."""
+    if dist.world == 1:
+        return local
+    rows = [[local[k][i] for k in local] for i in range(len(next(iter(local.values()))))]
+    everyone = dist.gather([(dist.rank, rows)])
+    keys = list(local)
+    merged = [None] * n_items
+    for rank, shard_rows in everyone:
+        for j, row in enumerate(shard_rows):
+            merged[rank + j * dist.world] = row
+    return {k: [row[c] for row in merged] for c, k in enumerate(keys)}

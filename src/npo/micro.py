@@ -1,0 +1,75 @@
+"""What a loss term sees of one micro-batch: its examples in each data set, the model's outputs on
+them, the reference's, and the micro-batch's share of the window (the examples of one optimizer
+step). Batches are collated once per set and micro-batch; model calls go through the trainer's
+`Scorer`, so distributed engines see them as the module's forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from npo.data.batches import collate
+
+
+class Micro:
+    def __init__(self, trainer, idx: dict[str, list[int]], window: dict[str, list[int]], logged: dict):
+        self.t, self.cfg, self.idx, self.window = trainer, trainer.cfg, idx, window
+        self._batches: dict[str, dict] = {}
+        self._logged = logged
+
+    # -- data
+
+    def batch(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._batches:
+            examples = self.t.sets[name]
+            rows = collate([examples[i] for i in self.idx[name]], self.t.tok.pad_token_id)
+            self._batches[name] = {k: v.to(self.t.acc.device) for k, v in rows.items()}
+        return self._batches[name]
+
+    def examples(self, name: str) -> int:
+        return len(self.idx[name])
+
+    def window_examples(self, name: str) -> int:
+        return len(self.window[name])
+
+    def example_share(self, name: str) -> float:
+        """This micro-batch's share of the window's examples (scales per-example means)."""
+        return len(self.idx[name]) / len(self.window[name])
+
+    def tokens(self, name: str) -> int:
+        return sum(self.t.sets[name][i].n_labels for i in self.idx[name])
+
+    def window_tokens(self, name: str) -> int:
+        return max(1, sum(self.t.sets[name][i].n_labels for i in self.window[name]))
+
+    def token_share(self, name: str) -> torch.Tensor:
+        """This micro-batch's share of the window's labelled tokens (scales token means)."""
+        return torch.tensor(float(self.tokens(name))) / self.window_tokens(name)
+
+    # -- model outputs (with gradients)
+
+    def logp(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-prob of each example's labelled tokens, and their count."""
+        return self.t.scorer(self.batch(name), "full" if self.cfg.logits == "full" else "logp")
+
+    def dist(self, name: str) -> torch.Tensor:
+        """Next-token log-distributions [labelled tokens, vocab] (for KL terms)."""
+        return self.t.scorer(self.batch(name), "dist")
+
+    # -- reference (no gradients)
+
+    def ref_logp(self, name: str) -> torch.Tensor:
+        """The reference's summed log-probs of this micro-batch's examples: cached before training,
+        or recomputed by a frozen copy with `reference=online` (the check path)."""
+        if self.t.online is not None and self.cfg.reference == "online":
+            return self.t.online.logprobs(self.batch(name))
+        return self.t.cache[name][self.idx[name]].to(self.t.acc.device)
+
+    def ref_dist(self, name: str) -> torch.Tensor:
+        return self.t.online.log_softmax(self.batch(name))
+
+    # -- logging
+
+    def log(self, key: str, value: torch.Tensor) -> None:
+        """Add a window-normalised quantity to the step's record (summed over micro-batches)."""
+        self._logged[key] = self._logged.get(key, 0.0) + value.detach()
