@@ -1,5 +1,5 @@
-"""Probes: pure functions by hand, then the quick demo's models (membership signal, relearning,
-quantization) and the `npo probe` command."""
+"""Probes: pure functions by hand, then the probes the quick demo wrote (membership signal,
+relearning, quantization) and the `npo probe` command on its models."""
 
 import json
 import math
@@ -10,9 +10,6 @@ import torch
 
 from npo.probes.mia import attack_scores, auroc, min_k, privleak, zlib_length
 from npo.probes.robustness import quantize_rtn, recovered, split_for_relearning
-
-# the quick demo trains with these; the probes must use them too
-DEMO = dict(template="qa", max_length=128, max_new_tokens=40, batch_size=64)
 
 
 def naive_auc(members, nonmembers):
@@ -62,14 +59,10 @@ def test_relearning_split_and_recovered_fraction():
 
 
 @pytest.fixture(scope="module")
-def ga_probes(quick_demo, tmp_path_factory):
-    """Every probe on the GA-unlearned model, with the target as reference and the retain model."""
-    from npo.probes import run_probes
-
-    seed = quick_demo / "seed0"
-    return run_probes(seed / "ga" / "model", seed / "target" / "model", quick_demo / "data", "forget10",
-                      tmp_path_factory.mktemp("probes_ga"), retain_model_dir=seed / "retain" / "model",
-                      relearn_lr=3e-4, relearn_epochs=2, quant_bits=(4,), **DEMO)
+def ga_probes(quick_demo):
+    """Every probe of the GA-unlearned model, as the quick demo wrote them (target as reference, and
+    the retain model)."""
+    return json.loads((quick_demo / "seed0" / "ga" / "probes" / "probes.json").read_text())
 
 
 def test_membership_signal_target_vs_retain(ga_probes):

@@ -184,11 +184,28 @@ def load_yaml(path: str | Path) -> dict:
     return values
 
 
+def load_preset(path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, str]:
+    """A preset's values over those of its `base:` preset (a path relative to it), and a name for
+    messages. Presets share a recipe this way instead of restating it."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' presets form a cycle ({' -> '.join(str(p) for p in (*seen, path))})")
+    values = load_yaml(path)
+    base = values.pop("base", None)
+    if base is None:
+        return values, str(path)
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another preset, got {base!r}")
+    inherited, _ = load_preset(path.parent / base, (*seen, path.resolve()))
+    return {**inherited, **values}, str(path)
+
+
 def build(config_file: str | None = None, overrides: dict | None = None) -> TrainConfig:
     """Preset file, then overrides (CLI flags and key=value pairs), then validation."""
     cfg = TrainConfig()
     if config_file:
-        cfg = from_dict(load_yaml(config_file), where=f"{config_file}: ")
+        values, name = load_preset(config_file)
+        cfg = from_dict(values, where=f"{name}: ")
     cfg = from_dict(overrides or {}, base=cfg)
     validate(cfg)
     return cfg
