@@ -60,9 +60,10 @@ def test_dpo_first_step_value_and_gradient():
 def test_simnpo_formula():
     logp, n = torch.tensor([-10.0, -3.0]), torch.tensor([5.0, 3.0])
     beta, gamma = 2.5, 0.5
-    # by hand: (2/2.5) * mean(log(1+exp(2.5*(-2)+0.5)), log(1+exp(2.5*(-1)+0.5)))
-    expected = 0.8 * (math.log1p(math.exp(-4.5)) + math.log1p(math.exp(-2.0))) / 2
-    assert simnpo_loss(logp, n, beta, gamma).item() == pytest.approx(expected, rel=1e-6)
+    # the SimNPO authors' parametrisation, -(2/b) logsigmoid(b (nll/n - gamma)) = (2/b) softplus(b (logp/n + gamma)):
+    # by hand: (2/2.5) mean(softplus(2.5 (-2 + 0.5)), softplus(2.5 (-1 + 0.5))) = 0.8 mean(softplus(-3.75), softplus(-1.25))
+    # = 0.8 (0.0232455 + 0.2519291) / 2 = 0.1100698
+    assert simnpo_loss(logp, n, beta, gamma).item() == pytest.approx(0.1100698, abs=1e-6)
 
 
 def test_ga_and_nll_are_token_means():

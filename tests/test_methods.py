@@ -77,7 +77,7 @@ def _expected(method, now, ref, tok, forget, retain):
     elif kind == "npo":
         f = torch.mean(torch.tensor([2 / BETA * math.log1p(math.exp(BETA * d)) for d in (lp - lp_ref).tolist()]))
     elif kind == "simnpo":
-        f = torch.mean(torch.tensor([2 / BETA * math.log1p(math.exp(BETA * x / k + GAMMA))
+        f = torch.mean(torch.tensor([2 / BETA * math.log1p(math.exp(BETA * (x / k + GAMMA)))
                                      for x, k in zip(lp.tolist(), n.tolist(), strict=True)]))
     elif kind == "idk":
         lp_i, n_i, _ = _outputs(now, tok, idk_pairs)

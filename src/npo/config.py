@@ -48,12 +48,18 @@ class TrainConfig:
     forget_weight: float = 1.0
     retain_weight: float = 1.0
     reference: str = "cached"  # cached | online (recompute with a frozen copy every step; for checks)
+    # the original code's choices, which the NPO paper's numbers depend on (docs/tofu.md; configs/tofu/paper/)
+    schedule: str = "epochs"  # epochs: ceil(N/window) steps per pass | official: the NPO authors' (floor, lr 0 first)
+    retain_pairing: str = "fresh"  # fresh: a new retain window each step | fixed: forget i meets one retain example
+    token_mean: str = "window"  # window: token means over the step's window | micro: per micro-batch, then averaged
+    kl: str = "answer"  # answer: KL over retain answer tokens | official: over every position padded to max_length
     # optimisation
     epochs: int = 10
     lr: float = 1e-5
     batch_size: int = 8  # forget examples per step per process, each paired with a retain example
     grad_accum: int = 1
     weight_decay: float = 0.01
+    decay_norms_and_biases: bool = True  # false: HF Trainer's groups (no decay on biases and norm weights)
     warmup_epochs: float = 1.0
     max_grad_norm: float | None = None
     seed: int = 0
@@ -79,6 +85,7 @@ class TrainConfig:
     eval_protocol: str = "full"
     eval_max_new_tokens: int = 200
     eval_batch_size: int = 16
+    eval_generation: str = "greedy"  # greedy | sampled (the NPO authors' evaluator: sampling after manual_seed(0))
 
 
 def _methods() -> tuple[str, ...]:
@@ -100,6 +107,11 @@ CHOICES = {
     "nonfinite": ("stop", "skip"),
     "logits": ("labelled", "full"),
     "eval_protocol": ("full", "legacy300"),
+    "schedule": ("epochs", "official"),
+    "retain_pairing": ("fresh", "fixed"),
+    "token_mean": ("window", "micro"),
+    "kl": ("answer", "official"),
+    "eval_generation": ("greedy", "sampled"),
 }
 POSITIVE = ("max_length", "epochs", "lr", "batch_size", "grad_accum", "beta", "eval_batch_size",
             "eval_max_new_tokens")
@@ -200,12 +212,14 @@ def load_preset(path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, st
     return {**inherited, **values}, str(path)
 
 
-def build(config_file: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Preset file, then overrides (CLI flags and key=value pairs), then validation."""
+def build(config_file: str | list[str] | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Preset file(s), each over the previous one, then overrides (CLI flags and key=value pairs), then
+    validation."""
     cfg = TrainConfig()
-    if config_file:
-        values, name = load_preset(config_file)
-        cfg = from_dict(values, where=f"{name}: ")
+    files = [config_file] if isinstance(config_file, str) else list(config_file or [])
+    for path in files:
+        values, name = load_preset(path)
+        cfg = from_dict(values, where=f"{name}: ", base=cfg)
     cfg = from_dict(overrides or {}, base=cfg)
     validate(cfg)
     return cfg

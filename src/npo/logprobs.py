@@ -104,6 +104,14 @@ def labelled_log_softmax(model, batch: dict) -> torch.Tensor:
     return F.log_softmax(_head(hf, hidden), -1)
 
 
+def all_positions_log_softmax(model, batch: dict) -> torch.Tensor:
+    """Next-token log-distributions [B, L, vocab] at every position, with the model's default position
+    ids (the original code's KL term over padded batches; `kl=official`)."""
+    hf = _unwrap(model)
+    out = hf.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return F.log_softmax(_head(hf, out.last_hidden_state), -1)
+
+
 @torch.no_grad()
 def token_stats(model, batch: dict, chunk_size: int = 1024) -> dict[str, torch.Tensor]:
     """Per labelled token: its log-prob, and the mean and standard deviation of log p over the
@@ -131,7 +139,10 @@ class Scorer(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: dict, kind: str = "logp"):
-        """kind: "logp" (labelled positions), "full" (naive full-logits path) or "dist" (for KL)."""
+        """kind: "logp" (labelled positions), "full" (naive full-logits path), "dist" (for KL) or
+        "padded_dist" (every position, for the original code's KL)."""
         if kind == "dist":
             return labelled_log_softmax(self.model, batch)
+        if kind == "padded_dist":
+            return all_positions_log_softmax(self.model, batch)
         return sequence_logprobs(self.model, batch, full_logits=kind == "full")

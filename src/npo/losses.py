@@ -37,8 +37,11 @@ def npo_weight(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch
 
 
 def simnpo_loss(logp: torch.Tensor, n_tokens: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
-    """SimNPO: (2/beta) mean softplus(beta logp/n + gamma); length-normalised, reference-free."""
-    return (2.0 / beta) * F.softplus(beta * logp / n_tokens.clamp(min=1) + gamma).mean()
+    """SimNPO: (2/beta) mean softplus(beta (logp/n + gamma)); length-normalised, reference-free.
+
+    gamma as the SimNPO authors' code has it (`-logsigmoid(beta (nll/n - gamma))`): inside beta's
+    scaling, so published gamma values mean the same here (the paper's margin is beta x gamma)."""
+    return (2.0 / beta) * F.softplus(beta * (logp / n_tokens.clamp(min=1) + gamma)).mean()
 
 
 def dpo_loss(logp_win: torch.Tensor, logp_lose: torch.Tensor, ref_logp_win: torch.Tensor,
@@ -47,6 +50,14 @@ def dpo_loss(logp_win: torch.Tensor, logp_lose: torch.Tensor, ref_logp_win: torc
     (2/beta) mean softplus(-beta [(logp_win - ref_win) - (logp_lose - ref_lose)])."""
     margin = (logp_win - ref_logp_win) - (logp_lose - ref_logp_lose)
     return (2.0 / beta) * F.softplus(-beta * margin).mean()
+
+
+def kl_batchmean(ref_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(pi_ref || pi_theta) summed over the vocabulary and averaged over every one of the B x L
+    positions of [B, L, vocab] inputs: the NPO authors' `kl_div(..., reduction="batchmean")` over batches
+    padded to max_length, prompts and padding included (`kl=official`)."""
+    flat_ref, flat = ref_log_probs.flatten(0, 1), log_probs.flatten(0, 1)
+    return F.kl_div(flat, flat_ref, log_target=True, reduction="sum") / flat_ref.shape[0]
 
 
 def kl_loss(ref_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:

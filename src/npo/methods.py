@@ -112,7 +112,7 @@ GA = Term("ga", _ga, "forget", summary="token-mean log-prob of the forget answer
 NPO = Term("npo", _npo, "forget", frozenset({"ref_forget"}),
            summary="(2/β)·mean softplus(β·(logp − logp_ref)) on summed answer log-probs (bounded)")
 SIMNPO = Term("simnpo", _simnpo, "forget",
-              summary="(2/β)·mean softplus(β·logp/n + γ): length-normalised, reference-free")
+              summary="(2/β)·mean softplus(β·(logp/n + γ)): length-normalised, reference-free")
 IDK = Term("idk", _idk, "idk", frozenset({"idk"}), summary="NLL of a refusal to each forget question")
 DPO = Term("dpo", _dpo, "forget", frozenset({"ref_forget", "ref_idk", "idk"}),
            summary="DPO preferring a refusal over the true answer, scaled by 2/β")
@@ -127,13 +127,15 @@ def _nll(m, name: str):
 
 
 def _kl(m):
+    if m.cfg.kl == "official":  # every position of batches padded to max_length, averaged per micro-batch
+        return losses.kl_batchmean(m.ref_padded_dist("retain"), m.padded_dist("retain")) * m.example_share("retain")
     ref = m.ref_dist("retain")
     return losses.kl_loss(ref, m.dist("retain")) * (ref.shape[0] / m.window_tokens("retain"))
 
 
 NLL_RETAIN = Term("nll", lambda m: _nll(m, "retain"), "retain", summary="token-mean NLL of retain answers")
 KL_RETAIN = Term("kl", _kl, "retain", frozenset({"online_ref"}),
-                 summary="KL(π_ref ‖ π_θ) over retain answer tokens")
+                 summary="KL(π_ref ‖ π_θ) over retain answer tokens (`kl=official`: every padded position)")
 
 # ----------------------------------------------------------------------------- methods
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from npo.data.batches import collate
+from npo.data.batches import collate, collate_padded
 
 
 class Micro:
@@ -26,6 +26,16 @@ class Micro:
             self._batches[name] = {k: v.to(self.t.acc.device) for k, v in rows.items()}
         return self._batches[name]
 
+    def padded_batch(self, name: str) -> dict[str, torch.Tensor]:
+        """The micro-batch padded to max_length as the original code pads it (`kl=official`)."""
+        key = name + ":padded"
+        if key not in self._batches:
+            examples = [self.t.sets[name][i] for i in self.idx[name]]
+            rows = collate_padded(examples, self.t.tok.eos_token_id if self.t.tok.eos_token_id is not None
+                                  else self.t.tok.pad_token_id, self.t.tok.eos_token_id, self.cfg.max_length)
+            self._batches[key] = {k: v.to(self.t.acc.device) for k, v in rows.items()}
+        return self._batches[key]
+
     def examples(self, name: str) -> int:
         return len(self.idx[name])
 
@@ -42,9 +52,18 @@ class Micro:
     def window_tokens(self, name: str) -> int:
         return max(1, sum(self.t.sets[name][i].n_labels for i in self.window[name]))
 
-    def token_share(self, name: str) -> torch.Tensor:
-        """This micro-batch's share of the window's labelled tokens (scales token means)."""
-        return torch.tensor(float(self.tokens(name))) / self.window_tokens(name)
+    def token_share(self, name: str):
+        """What scales a token mean over this micro-batch. token_mean=window: its share of the window's
+        labelled tokens (the window's token mean, whatever the split into micro-batches). micro (the
+        original code, HF/DeepSpeed): its share of the window's examples, so micro-batch token means
+        are averaged; idk_rt's refusals and retain answers then share one token mean, as the
+        original concatenates them into one batch."""
+        if self.cfg.token_mean == "window":
+            return torch.tensor(float(self.tokens(name))) / self.window_tokens(name)
+        share = self.example_share(name)
+        if name in ("idk", "retain") and self.t.method.forget.reads == "idk":
+            return share * self.tokens(name) / max(1, self.tokens("idk") + self.tokens("retain"))
+        return share
 
     # -- model outputs (with gradients)
 
@@ -65,8 +84,15 @@ class Micro:
             return self.t.online.logprobs(self.batch(name))
         return self.t.cache[name][self.idx[name]].to(self.t.acc.device)
 
+    def padded_dist(self, name: str) -> torch.Tensor:
+        """Next-token log-distributions [B, max_length, vocab] at every position of the padded batch."""
+        return self.t.scorer(self.padded_batch(name), "padded_dist")
+
     def ref_dist(self, name: str) -> torch.Tensor:
         return self.t.online.log_softmax(self.batch(name))
+
+    def ref_padded_dist(self, name: str) -> torch.Tensor:
+        return self.t.online.padded_log_softmax(self.padded_batch(name))
 
     # -- logging
 

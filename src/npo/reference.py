@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from npo.data.batches import Tokenized, collate
-from npo.logprobs import labelled_log_softmax, sequence_logprobs
+from npo.logprobs import all_positions_log_softmax, labelled_log_softmax, sequence_logprobs
 from npo.modeling import is_peft
 
 
@@ -33,14 +31,6 @@ def reference_logprobs(model, examples: list[Tokenized], pad_id: int, batch_size
         out[idx] = logp.float().cpu()
     model.train(was_training)
     return out
-
-
-def save_cache(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-
-
-def load_cache(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
 
 
 class OnlineReference:
@@ -67,3 +57,8 @@ class OnlineReference:
     def log_softmax(self, batch: dict) -> torch.Tensor:
         with self._active() as m:
             return labelled_log_softmax(m, batch)
+
+    @torch.no_grad()
+    def padded_log_softmax(self, batch: dict) -> torch.Tensor:
+        with self._active() as m:
+            return all_positions_log_softmax(m, batch)

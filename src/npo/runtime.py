@@ -16,11 +16,13 @@ import torch
 log = logging.getLogger("npo")
 
 
-def setup_logging() -> None:
-    from transformers.utils import logging as hf_logging
+def setup_logging(libraries: bool = True) -> None:
+    """npo's one-line messages on stderr; `libraries`: also quiet transformers (which it imports)."""
+    if libraries:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-file load/save bars drown npo's own progress
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # per-file load/save bars drown npo's own progress
+        hf_logging.set_verbosity_error()
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("npo: %(message)s"))

@@ -23,21 +23,42 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--template", choices=TEMPLATES,
-                        help="prompt format (default: chat if the tokenizer has a template, else qa)")
+                        help="prompt format (default: the one the model was trained with when --model is an npo "
+                             "run's model, else chat if the tokenizer has a template, else qa)")
+    parser.add_argument("--generation", choices=["greedy", "sampled"], default="greedy",
+                        help="greedy (TOFU's evaluator, default) or sampled after manual_seed(0) (the NPO authors')")
     parser.add_argument("--gguf-file", help="a GGUF file inside --model")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--out", required=True, help="output directory for the logs and summary")
 
 
+def choose_template(requested: str | None, model: str, tok) -> tuple[str, str]:
+    """The template and why: the one asked for; else the one an npo run trained with (MODEL is
+    RUN/model beside RUN/config.yaml); else the tokenizer's chat template; else qa."""
+    import yaml
+
+    from npo.data.templates import default_template
+
+    if requested:
+        return requested, "--template"
+    config = Path(model).parent / "config.yaml"
+    if Path(model).name == "model" and config.is_file():
+        trained = (yaml.safe_load(config.read_text()) or {}).get("template")
+        if trained:
+            return trained, f"the template {config} was trained with"
+    chosen = default_template(tok)
+    return chosen, ("the tokenizer has a chat template" if chosen == "chat"
+                    else "the tokenizer has no chat template; pass --template for another format")
+
+
 def main(args) -> int:
     import torch
 
-    from npo.data.templates import default_template
     from npo.errors import NpoError
     from npo.eval import benchmarks
     from npo.eval.scoring import Dist
     from npo.modeling import choose_dtype, load_model, load_tokenizer, match_vocab
-    from npo.runtime import make_accelerator, setup_logging
+    from npo.runtime import log, make_accelerator, setup_logging
 
     setup_logging()
     if args.max_new_tokens <= 0 or args.batch_size <= 0:
@@ -48,10 +69,13 @@ def main(args) -> int:
     tok = load_tokenizer(args.model, args.gguf_file, args.trust_remote_code)
     model = load_model(args.model, dtype, args.gguf_file, args.trust_remote_code).to(acc.device)
     match_vocab(model, tok)
+    template, why = choose_template(args.template, args.model, tok)
+    log.info("template %s (%s)", template, why)
     spec = benchmarks.EvalSpec(
-        data=args.data, template=args.template or default_template(tok), forget_split=args.forget_split,
+        data=args.data, template=template, forget_split=args.forget_split,
         retain_logs=args.retain_logs, protocol=args.protocol, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, max_length=args.max_length, identity={"model": args.model})
+        batch_size=args.batch_size, max_length=args.max_length, generation=args.generation,
+        identity={"model": args.model})
     with torch.no_grad():
         summary = bench.evaluate(model, tok, spec, Path(args.out), Dist.from_accelerator(acc))
     if summary is not None:

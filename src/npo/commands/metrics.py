@@ -54,7 +54,9 @@ def _table(result: dict, args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from npo.eval.metrics import tofu_metrics  # scipy loads only when the command runs
+    from npo.runtime import setup_logging
 
+    setup_logging(libraries=False)
     logs = apply_protocol(load_log_dir(args.logdir), args.protocol)
     retain = None
     if args.retain_logs is not None:

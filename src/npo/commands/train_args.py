@@ -27,7 +27,8 @@ UNLEARN_FLAGS = {
 
 
 def add(parser: argparse.ArgumentParser, unlearn: bool) -> None:
-    parser.add_argument("--config", help="YAML preset (see configs/)")
+    parser.add_argument("--config", action="append", metavar="PRESET",
+                        help="YAML preset (see configs/); several apply in order, each over the previous one")
     flags = {**FLAGS, **(UNLEARN_FLAGS if unlearn else {})}
     for flag, (key, typ, help_) in flags.items():
         choices = tuple(METHODS) if key == "method" else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from npo.data.templates import render_prompt
+from npo.data.templates import answer_prefix, render_prompt
 from npo.errors import DataError
 
 IGNORE = -100
@@ -58,7 +58,7 @@ def tokenize_qa(tokenizer, template: str, question: str, answer: str, max_length
                 where: str = "example") -> Tokenized:
     """Prompt + answer + EOS; truncation keeps the prompt and cuts the answer."""
     prompt = render_prompt(template, question, tokenizer)
-    ids, n_prompt = _split_ids(tokenizer, prompt, answer)
+    ids, n_prompt = _split_ids(tokenizer, prompt, answer_prefix(template) + answer)
     eos = tokenizer.eos_token_id
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
@@ -83,6 +83,19 @@ def collate(examples: list[Tokenized], pad_id: int, padding_side: str = "right")
         mask[row, start:start + n] = 1
         labels[row, start + ex.n_prompt:start + n] = ids[ex.n_prompt:]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_padded(examples: list[Tokenized], pad_id: int, eos_id: int | None, width: int) -> dict[str, torch.Tensor]:
+    """The NPO authors' training batches: right-padded to `width` with `pad_id` (their pad is EOS), the
+    answer's closing EOS counted as padding in the attention mask (they append it as the first pad)."""
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        ids = ex.input_ids[:width]
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        real = len(ids) - (not ex.truncated and eos_id is not None and ids[-1] == eos_id)
+        mask[row, :real] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def length_grouped_order(lengths: list[int], batch_size: int, generator: torch.Generator,
@@ -133,3 +146,48 @@ class BatchStream:
     def load_state(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self._batches = self._epoch_batches(self.epoch)
+
+
+class ShuffledStream:
+    """The original code's data order: each pass over the examples the permutation a
+    `DataLoader(shuffle=True, generator=Generator().manual_seed(seed))` draws, and every window exactly `window` examples long, running on
+    into the next pass (HF Trainer's accumulation continues across epochs). No length grouping.
+    State: (pass, position); a resumed stream replays the passes' permutations from the seed."""
+
+    def __init__(self, n: int, window: int, seed: int):
+        self.n, self.batch_size, self.seed = n, window, seed
+        self.load_state({"epoch": 0, "position": 0})
+
+    def next(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            if self.position >= self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = list(self._sampler)
+            take = self._order[self.position:self.position + self.batch_size - len(out)]
+            out += take
+            self.position += len(take)
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict) -> None:
+        from torch.utils.data import DataLoader
+
+        # one batch per pass: the loader's permutation (it also draws a worker seed from the generator)
+        self._sampler = _Passes(DataLoader(range(self.n), batch_size=self.n, shuffle=True,
+                                           generator=torch.Generator().manual_seed(self.seed)))
+        for _ in range(state["epoch"] + 1):
+            self._order = list(self._sampler)
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+class _Passes:
+    """Iterating gives the next pass's permutation of a one-batch-per-pass DataLoader."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):  # a whole pass, as a training loop exhausts it (the sampler draws once more at its end)
+        return iter([i for batch in self.loader for i in batch.tolist()])

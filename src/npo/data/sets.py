@@ -41,13 +41,28 @@ def tokenize_set(tok, template: str, records: list[QARecord], source: str, max_l
     return out
 
 
+def first_draw(index: int, high: int) -> int:
+    """`torch.randint(0, high)` right after `torch.manual_seed(index)`: how the NPO authors' data module
+    pairs forget example `index` with its refusal and its retain partner."""
+    return int(torch.randint(0, high, (1,), generator=torch.Generator().manual_seed(index)))
+
+
+def fixed_partners(n_forget: int, n_retain: int) -> list[int]:
+    """The retain example each forget example meets in every step (`retain_pairing=fixed`):
+    (i + first_draw(i, R)) mod R, as in the NPO authors' TextForgetDatasetQA."""
+    return [(i + first_draw(i, n_retain)) % n_retain for i in range(n_forget)]
+
+
 def idk_answers(cfg: TrainConfig, n: int, seed: int) -> list[str]:
-    """One refusal per forget example, drawn once by a seeded generator (its reference log-prob is
-    cached per example, so the pairing stays fixed)."""
+    """One refusal per forget example, drawn once (its reference log-prob is cached per example, so
+    the pairing stays fixed): by a seeded generator, or with `retain_pairing=fixed` as the NPO
+    authors' data module draws it (first_draw(i, pool size))."""
     path = cfg.idk or (str(Path(cfg.data) / "idontknow.jsonl") if cfg.data else None)
     if not path:
         raise NpoError("this method needs 'I don't know' answers: set 'idk' to a file with one per line")
     pool = load_lines(path)
+    if cfg.retain_pairing == "fixed":
+        return [pool[first_draw(i, len(pool))] for i in range(n)]
     g = torch.Generator().manual_seed(seed + 7)
     return [pool[i] for i in torch.randint(len(pool), (n,), generator=g).tolist()]
 

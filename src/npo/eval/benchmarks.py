@@ -34,6 +34,7 @@ class EvalSpec:
     max_new_tokens: int = 200
     batch_size: int = 16
     max_length: int = 512
+    generation: str = "greedy"  # greedy | sampled
     identity: dict = field(default_factory=dict)  # written into the summary (model, epoch, ...)
 
 

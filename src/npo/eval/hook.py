@@ -31,7 +31,7 @@ class EvalHook:
         spec = benchmarks.EvalSpec(
             data=self.data, template=trainer.template, forget_split=cfg.eval_forget_split or cfg.forget,
             retain_logs=cfg.eval_retain_logs, protocol=cfg.eval_protocol, max_new_tokens=cfg.eval_max_new_tokens,
-            batch_size=cfg.eval_batch_size, max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size, max_length=cfg.max_length, generation=cfg.eval_generation,
             identity={"model": cfg.model, "epoch": epoch, "step": trainer.step})
         summary = self.benchmark.evaluate(model, trainer.tok, spec, trainer.run_dir / "eval" / f"epoch_{epoch:02d}",
                                           Dist.from_accelerator(trainer.acc))

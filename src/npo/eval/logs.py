@@ -8,12 +8,16 @@ column a list in item order, so the metrics never care which variant a file used
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from npo.errors import NpoError
+
+log = logging.getLogger("npo")
 
 # eval set -> official file name; the order is the one tables and reports use
 LOG_FILES: dict[str, str] = {
@@ -94,14 +98,59 @@ def _check_numbers(values: list, source: str, key: str, nested: bool) -> None:
                 raise NpoError(f"{source}: key '{key}', item {i}: not a number: {x!r}")
 
 
-def parse_log(obj: object, source: str = "<memory>") -> EvalLog:
-    """Validate one decoded log (either variant) and normalise it; unknown keys are ignored."""
+# The NPO authors' evaluator run on 2 processes (their retain10/50/70/80 logs): each process handled
+# every other batch, the two lists were concatenated process by process, and a short last round of
+# batches was filled by wrapping around to the first items. Scoring and generation ran in batches of
+# 30, the paraphrased and perturbed answers in batches of 7 (so 300 items give 300 and 308 values).
+TWO_PROCESS_BATCHES = {30: ("avg_gt_loss", "gt_loss", "num_token_gt", "rouge1_recall", "rougeL_recall",
+                            "generated_text"),
+                       7: ("avg_paraphrased_loss", "paraphrased_loss", "num_token_paraphrased",
+                           "average_perturb_loss", "perturb_loss", "num_token_perturb")}
+# item counts the official evaluator keeps per set (ds_size 300; forget01 and forget05 are smaller)
+OFFICIAL_ITEMS = {"retain": (300,), "real_authors": (100,), "world_facts": (117,), "forget": (300, 200, 40)}
+
+
+def two_process_length(n: int, batch: int) -> int:
+    return 2 * batch * math.ceil(n / (2 * batch))
+
+
+def from_two_processes(values: list, n: int, batch: int) -> list:
+    """Dataset order from the 2-process layout: batches alternate between the two halves; the
+    wrap-around repeats past item n are dropped."""
+    half = len(values) // 2
+    first, second = values[:half], values[half:]
+    out: list = []
+    for start in range(0, half, batch):
+        out += first[start:start + batch] + second[start:start + batch]
+    return out[:n]
+
+
+def _two_process_columns(columns: dict[str, list], set_name: str | None, source: str) -> dict[str, list] | None:
+    """The columns in dataset order when their lengths are exactly the 2-process layout's, else None."""
+    batch_of = {key: b for b, keys in TWO_PROCESS_BATCHES.items() for key in keys}
+    if set_name not in OFFICIAL_ITEMS or any(k not in batch_of for k in columns):
+        return None
+    for n in OFFICIAL_ITEMS[set_name]:
+        if all(len(v) == two_process_length(n, batch_of[k]) for k, v in columns.items()):
+            lengths = sorted({len(v) for v in columns.values()})
+            log.info("%s: lists of %s values are the NPO authors' 2-process layout (batches of 30 and 7 "
+                     "alternating between processes, the last ones wrapped around): read as %d items in "
+                     "dataset order, the repeats dropped", source, " and ".join(map(str, lengths)), n)
+            return {k: from_two_processes(v, n, batch_of[k]) for k, v in columns.items()}
+    return None
+
+
+def parse_log(obj: object, source: str = "<memory>", set_name: str | None = None) -> EvalLog:
+    """Validate one decoded log (either variant) and normalise it; unknown keys are ignored. A log of
+    the NPO authors' 2-process evaluator (lists of unequal lengths) is put back in dataset order."""
     if not isinstance(obj, Mapping):
         raise NpoError(f"{source}: expected a JSON object of per-item statistics, not {type(obj).__name__}")
     for key in REQUIRED_KEYS:
         if key not in obj:
             raise NpoError(f"{source}: missing required key '{key}'")
     columns = {key: _as_list(obj[key], source, key) for key in KNOWN_KEYS if key in obj}
+    if len({len(v) for v in columns.values()}) > 1:
+        columns = _two_process_columns(columns, set_name, source) or columns
     n = len(columns[REQUIRED_KEYS[0]])
     if n == 0:
         raise NpoError(f"{source}: the log has no items")
@@ -113,7 +162,7 @@ def parse_log(obj: object, source: str = "<memory>") -> EvalLog:
     return EvalLog(columns, source)
 
 
-def read_log(path: str | os.PathLike) -> EvalLog:
+def read_log(path: str | os.PathLike, set_name: str | None = None) -> EvalLog:
     """Read one official log file (list or dict variant)."""
     path = Path(path)
     try:
@@ -126,7 +175,7 @@ def read_log(path: str | os.PathLike) -> EvalLog:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise NpoError(f"{path}: malformed JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    return parse_log(obj, str(path))
+    return parse_log(obj, str(path), set_name)
 
 
 def to_json(log: EvalLog | Mapping[str, list], variant: str = "list") -> dict:
@@ -171,7 +220,7 @@ def load_log_dir(directory: str | os.PathLike, sets: Iterable[str] = SET_NAMES) 
     missing = [f"{LOG_FILES[s]} ({s})" for s in sets if not (directory / LOG_FILES[s]).is_file()]
     if missing:
         raise NpoError(f"{directory}: missing TOFU eval log(s): {', '.join(missing)}")
-    return {s: read_log(directory / LOG_FILES[s]) for s in sets}
+    return {s: read_log(directory / LOG_FILES[s], s) for s in sets}
 
 
 def apply_protocol(logs: Mapping[str, EvalLog], protocol: str) -> dict[str, EvalLog]:

@@ -67,19 +67,28 @@ def prompt_ids(tok, template: str, records: list[QARecord], max_length: int) -> 
 
 @torch.no_grad()
 def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
-             rank: int = 0) -> list[str]:
-    """Greedy continuations of token-id prompts, batched with left padding, sorted by length, stopped
-    at EOS."""
+             rank: int = 0, *, max_length: int | None = None, keep_order: bool = False,
+             sample_seed: int | None = None) -> list[str]:
+    """Continuations of token-id prompts, batched with left padding, stopped at EOS: greedy, prompts
+    sorted by length, `max_new_tokens` each (the default).
+
+    The original evaluators' variants: `max_length` caps prompt + continuation of the left-padded
+    batch instead (so a batch's longest prompt decides its new tokens), `keep_order` batches the
+    prompts as given, `sample_seed` samples with the model's generation config after
+    `torch.manual_seed(sample_seed)` before every batch (the NPO authors' evaluator)."""
     side = tok.padding_side
     tok.padding_side = "left"
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    order = list(range(len(encoded))) if keep_order else sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = [""] * len(encoded)
+    limit = {"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens}
     bar = progress(len(order), "generating", rank == 0)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            if sample_seed is not None:
+                torch.manual_seed(sample_seed)
+            gen = model.generate(**batch, **limit, do_sample=sample_seed is not None,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             new = gen[:, batch["input_ids"].shape[1]:]
             for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
@@ -111,15 +120,21 @@ def token_level(model, tok, template: str, pairs: list[tuple[str, str]], max_len
     return out
 
 
-def gather_in_order(local: dict[str, list], n_items: int, dist: Dist) -> dict[str, list]:
-    """Columns of per-item values from every process (each held every `world`-th item), in item order."""
+def gather_in_order(local: dict[str, list], indices: list[int], n_items: int, dist: Dist) -> dict[str, list]:
+    """Columns of per-item values from every process (each held the items `indices`), in item order."""
     if dist.world == 1:
         return local
-    rows = [[local[k][i] for k in local] for i in range(len(next(iter(local.values()))))]
-    everyone = dist.gather([(dist.rank, rows)])
+    rows = [[local[k][i] for k in local] for i in range(len(indices))]
+    everyone = dist.gather([(indices, rows)])
     keys = list(local)
     merged = [None] * n_items
-    for rank, shard_rows in everyone:
-        for j, row in enumerate(shard_rows):
-            merged[rank + j * dist.world] = row
+    for shard_indices, shard_rows in everyone:
+        for i, row in zip(shard_indices, shard_rows, strict=True):
+            merged[i] = row
     return {k: [row[c] for row in merged] for c, k in enumerate(keys)}
+
+
+def shard(n_items: int, dist: Dist, block: int = 1) -> list[int]:
+    """The items one process handles: every `world`-th block of `block` consecutive items."""
+    starts = range(dist.rank * block, n_items, dist.world * block)
+    return [i for start in starts for i in range(start, min(start + block, n_items))]
