@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from npo.losses import dpo_loss, ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss
+from npo.losses import dpo_loss, ga_loss, kl_loss, nll_loss, npo_loss, npo_weight, simnpo_loss, wga_loss
 from npo.methods import FINETUNE, METHODS
 
 
@@ -80,6 +80,24 @@ def test_kl_over_labelled_positions():
     assert kl_loss(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_wga_weights_each_token_by_its_detached_probability():
+    # l = [-1, -2], so p = [e^-1, e^-2] = [0.3678794, 0.1353353].
+    # alpha = 1: mean(e^-1 * (-1), e^-2 * (-2)) = (-0.3678794 - 0.2706706) / 2 = -0.3192750
+    # alpha = 5: weights e^-5 = 0.0067379, e^-10 = 0.0000454: (-0.0067379 - 0.0000908) / 2 = -0.0034144
+    # alpha = 0: GA's token mean (-1 - 2) / 2 = -1.5
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    assert wga_loss(logp, 1.0).item() == pytest.approx(-0.3192750, abs=1e-7)
+    assert wga_loss(logp, 5.0).item() == pytest.approx(-0.0034144, abs=1e-7)
+    assert wga_loss(logp, 0.0).item() == pytest.approx(-1.5)
+    # the weights are detached: d/dl_t = p_t^alpha / 2 = [0.1839397, 0.0676676] at alpha = 1
+    wga_loss(logp, 1.0).backward()
+    assert logp.grad.tolist() == pytest.approx([0.1839397, 0.0676676], abs=1e-7)
+    # a token mean over the batch, not a mean of per-sequence means: sequences [-1, -2] and [-3]
+    # give (-0.3678794 - 0.2706706 - 3 e^-3 = -0.1493612) / 3 = -0.2626371 (per-sequence: -0.2343181)
+    assert wga_loss(torch.tensor([-1.0, -2.0, -3.0]), 1.0).item() == pytest.approx(-0.2626371, abs=1e-7)
+    assert wga_loss(torch.zeros(0), 1.0).item() == 0.0  # a micro-batch without forget tokens
+
+
 # every term of every method -> its hand-derived golden test above
 GOLDEN = {
     "ga": test_ga_and_nll_are_token_means,
@@ -90,6 +108,7 @@ GOLDEN = {
     "nll": test_ga_and_nll_are_token_means,
     "kl": test_kl_over_labelled_positions,
     "learn": test_ga_and_nll_are_token_means,
+    "wga": test_wga_weights_each_token_by_its_detached_probability,
 }
 
 

@@ -18,6 +18,9 @@ from npo.methods import METHODS, method_table
 
 BETA, GAMMA, FORGET_W, RETAIN_W = 0.1, 0.3, 1.5, 0.5
 REFUSAL = "I do not know that."
+# the other objectives' own keys, at non-default values (every method gets them; each reads its own)
+WGA_ALPHA = 2.0
+OWN_KEYS = [f"wga_alpha={WGA_ALPHA}"]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,18 @@ def _outputs(model, tok, pairs):
     return token.sum(-1), keep.sum(-1).double(), logsm[keep]
 
 
+@torch.no_grad()
+def _tokens(model, tok, pairs):
+    """Per labelled token, row-major: log-prob, row, target id and float64 logits."""
+    ids, mask, labels = _batch(tok, pairs)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
+    target = labels[:, 1:]
+    keep = target != -100
+    rows = keep.nonzero()[:, 0]
+    lp = F.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)[keep]
+    return {"logp": lp, "rows": rows, "targets": target[keep], "logits": logits[keep]}
+
+
 def _expected(method, now, ref, tok, forget, retain):
     """(forget term, retain term) of the window, from the SPEC's formulas."""
     f_pairs = [(r["question"], r["answer"]) for r in forget]
@@ -87,6 +102,9 @@ def _expected(method, now, ref, tok, forget, retain):
         lp_i_ref, _, _ = _outputs(ref, tok, idk_pairs)
         margin = (lp_i - lp_i_ref) - (lp - lp_ref)
         f = torch.mean(torch.tensor([2 / BETA * math.log1p(math.exp(-BETA * x)) for x in margin.tolist()]))
+    elif kind == "wga":  # token mean over the window of p^alpha * log p, p detached
+        lt = _tokens(now, tok, f_pairs)["logp"]
+        f = torch.mean(torch.tensor([math.exp(WGA_ALPHA * x) * x for x in lt.tolist()]))
     else:
         raise AssertionError(f"no independent formula for forget term {kind}: add one")
     if m.retain is None:
@@ -125,7 +143,7 @@ def test_every_method_from_the_cli_logs_its_objective(setup, tmp_path, method):
                      "--retain", str(retain_file), "--out", str(out), "--epochs", "2", "--batch-size", "4",
                      "--lr", "5e-3", "--beta", str(BETA), f"gamma={GAMMA}", f"forget_weight={FORGET_W}",
                      f"retain_weight={RETAIN_W}", "grad_accum=2", "warmup_epochs=0", "save_every_steps=1",
-                     f"idk={root / 'idk.txt'}", "template=qa", "max_length=64"])
+                     f"idk={root / 'idk.txt'}", "template=qa", "max_length=64", *OWN_KEYS])
     assert code == 0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]

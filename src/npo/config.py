@@ -48,6 +48,8 @@ class TrainConfig:
     forget_weight: float = 1.0
     retain_weight: float = 1.0
     reference: str = "cached"  # cached | online (recompute with a frozen copy every step; for checks)
+    # objectives beyond NPO (docs/methods.md); each default names its source
+    wga_alpha: float = 1.0  # WGA (Wang et al. 2025): exponent of the token weight p^alpha; open-unlearning's TOFU value (the authors' code defaults to 5)
     # optimisation
     epochs: int = 10
     lr: float = 1e-5
@@ -104,7 +106,7 @@ CHOICES = {
 POSITIVE = ("max_length", "epochs", "lr", "batch_size", "grad_accum", "beta", "eval_batch_size",
             "eval_max_new_tokens")
 NON_NEGATIVE = ("weight_decay", "warmup_epochs", "lora_r", "lora_dropout", "save_every_steps", "eval_every_epochs",
-                "max_skipped_steps", "forget_weight", "retain_weight")
+                "max_skipped_steps", "forget_weight", "retain_weight", "wga_alpha")
 
 
 def _coerce(name: str, value, hint, where: str):

@@ -55,3 +55,21 @@ def kl_loss(ref_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tenso
     if ref_log_probs.shape[0] == 0:
         return log_probs.sum() * 0.0
     return F.kl_div(log_probs, ref_log_probs, log_target=True, reduction="sum") / ref_log_probs.shape[0]
+
+
+# ----------------------------------------------------------------------------- token-level objectives
+# Inputs are per-token tensors over the labelled tokens of a micro-batch (npo.logprobs order); each
+# returns the mean over those tokens (0 with a graph when there are none).
+
+
+def _token_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.sum() / max(1, x.numel())
+
+
+def wga_loss(token_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """WGA, weighted gradient ascent (Wang et al., ICLR 2025, "Rethinking LLM Unlearning Objectives:
+    A Gradient Perspective and Go Beyond"): mean_t sg(p_t^alpha) * log p_t over the forget tokens,
+    p_t = exp(log p_t) under the current model. GA's token mean, each token's ascent damped by its
+    own detached probability, so tokens already forgotten stop being pushed down. alpha = 0 is GA."""
+    weight = (alpha * token_logp.detach()).exp()  # p^alpha, exact for log-probs
+    return _token_mean(weight * token_logp)

@@ -118,6 +118,15 @@ DPO = Term("dpo", _dpo, "forget", frozenset({"ref_forget", "ref_idk", "idk"}),
            summary="DPO preferring a refusal over the true answer, scaled by 2/β")
 
 
+def _wga(m):
+    logp, _ = m.token_logp("forget")
+    _log_forget_logp(m, logp)
+    return losses.wga_loss(logp, m.cfg.wga_alpha) * m.token_share("forget")
+
+
+WGA = Term("wga", _wga, "forget", summary="token mean of sg(p^α)·log p: GA with each token damped by its own probability")
+
+
 # ----------------------------------------------------------------------------- retain terms
 
 
@@ -149,6 +158,9 @@ METHODS: dict[str, Method] = {
     "dpo": Method(DPO),
     "dpo_rt": Method(DPO, NLL_RETAIN),
     "dpo_kl": Method(DPO, KL_RETAIN),
+    "wga": Method(WGA),
+    "wga_rt": Method(WGA, NLL_RETAIN),
+    "wga_kl": Method(WGA, KL_RETAIN),
 }
 
 # `npo finetune`: the same loop learning its `train` sets
