@@ -44,7 +44,7 @@ class TrainConfig:
     idk: str | None = None  # refusals for idk_rt / dpo*, one per line; default: `idontknow.jsonl` in `data`
     # method (unlearn only)
     method: str = "npo_rt"
-    beta: float = 0.1
+    beta: float = 0.1  # inverse temperature of NPO, DPO, KTO and TNPO (the NPO paper; TNPO's authors use 4)
     gamma: float = 0.0
     forget_weight: float = 1.0
     retain_weight: float = 1.0
