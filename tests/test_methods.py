@@ -18,6 +18,14 @@ from npo.methods import METHODS, method_table
 
 BETA, GAMMA, FORGET_W, RETAIN_W = 0.1, 0.3, 1.5, 0.5
 REFUSAL = "I do not know that."
+# the other objectives' own keys, at non-default values (every method gets them; each reads its own)
+WGA_ALPHA, SAT_B1, SAT_B2, WTNPO_ALPHA, UNDIAL_GAMMA, CEU_SKIP = 2.0, 2.0, 0.5, 0.7, 2.5, 2
+PDU_EPS, PDU_LR, RMU_LAYER, RMU_C, SEED = 0.1, 0.7, 0, 3.0, 5
+OWN_KEYS = [f"wga_alpha={WGA_ALPHA}", f"satimp_beta1={SAT_B1}", f"satimp_beta2={SAT_B2}",
+            f"wtnpo_alpha={WTNPO_ALPHA}", f"undial_gamma={UNDIAL_GAMMA}", f"ceu_ignore_first={CEU_SKIP}",
+            f"pdu_eps={PDU_EPS}", f"pdu_dual_lr={PDU_LR}", "pdu_warmup_epochs=0", f"rmu_layer={RMU_LAYER}",
+            f"rmu_params=layers\\.{RMU_LAYER}\\.mlp\\.down_proj\\.", f"rmu_steering={RMU_C}",
+            "rmu_vector=gaussian", f"seed={SEED}"]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +71,38 @@ def _outputs(model, tok, pairs):
     return token.sum(-1), keep.sum(-1).double(), logsm[keep]
 
 
+@torch.no_grad()
+def _tokens(model, tok, pairs):
+    """Per labelled token, row-major: log-prob, row, target id and float64 logits."""
+    ids, mask, labels = _batch(tok, pairs)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
+    target = labels[:, 1:]
+    keep = target != -100
+    rows = keep.nonzero()[:, 0]
+    lp = F.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)[keep]
+    return {"logp": lp, "rows": rows, "targets": target[keep], "logits": logits[keep]}
+
+
+@torch.no_grad()
+def _hidden(model, tok, pairs, layer):
+    """HF's own hidden_states[layer + 1] (the output of block `layer`) at the labelled tokens."""
+    ids, mask, labels = _batch(tok, pairs)
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return out.hidden_states[layer + 1][labels != -100].double()
+
+
+def _control_vector(hidden_size):
+    """RMU's u, gaussian kind: a standard normal draw from a generator seeded with the run's seed, normalised."""
+    u = torch.randn(hidden_size, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+    return (u / u.norm()).float().double()
+
+
+def _softplus(x):
+    return math.log1p(math.exp(x))
+
+
 def _expected(method, now, ref, tok, forget, retain):
-    """(forget term, retain term) of the window, from the SPEC's formulas."""
+    """(forget term, retain term) of the window, from the papers' formulas."""
     f_pairs = [(r["question"], r["answer"]) for r in forget]
     idk_pairs = [(r["question"], REFUSAL) for r in forget]
     r_pairs = [(r["question"], r["answer"]) for r in retain]
@@ -87,6 +125,42 @@ def _expected(method, now, ref, tok, forget, retain):
         lp_i_ref, _, _ = _outputs(ref, tok, idk_pairs)
         margin = (lp_i - lp_i_ref) - (lp - lp_ref)
         f = torch.mean(torch.tensor([2 / BETA * math.log1p(math.exp(-BETA * x)) for x in margin.tolist()]))
+    elif kind == "wga":  # token mean over the window of p^alpha * log p, p detached
+        lt = _tokens(now, tok, f_pairs)["logp"]
+        f = torch.mean(torch.tensor([math.exp(WGA_ALPHA * x) * x for x in lt.tolist()]))
+    elif kind == "satimp":  # token mean of p^b1 (1 - p)^b2 log p
+        lt = _tokens(now, tok, f_pairs)["logp"].tolist()
+        f = torch.mean(torch.tensor([math.exp(x) ** SAT_B1 * (1 - math.exp(x)) ** SAT_B2 * x for x in lt]))
+    elif kind in ("tnpo", "wtnpo"):  # token mean of p^a (2/b) softplus(b (l - r)); a = 0 for TNPO
+        a = WTNPO_ALPHA if kind == "wtnpo" else 0.0
+        lt, rt = _tokens(now, tok, f_pairs)["logp"].tolist(), _tokens(ref, tok, f_pairs)["logp"].tolist()
+        f = torch.mean(torch.tensor([math.exp(a * x) * 2 / BETA * _softplus(BETA * (x - y))
+                                     for x, y in zip(lt, rt, strict=True)]))
+    elif kind == "undial":  # CE(softmax(z_ref - gamma onehot(y)), p_theta) over labelled positions
+        t_now, t_ref = _tokens(now, tok, f_pairs), _tokens(ref, tok, f_pairs)
+        z = t_ref["logits"].clone()
+        z[torch.arange(len(z)), t_now["targets"]] -= UNDIAL_GAMMA
+        f = -(F.softmax(z, -1) * F.log_softmax(t_now["logits"], -1)).sum(-1).mean()
+    elif kind == "ceu":  # CE(softmax(z with z_y = -inf), p_theta), each answer's first CEU_SKIP tokens left out
+        t = _tokens(now, tok, f_pairs)
+        keep = [i for i, r in enumerate(t["rows"].tolist()) if i - t["rows"].tolist().index(r) >= CEU_SKIP]
+        z = t["logits"][keep].clone()
+        z[torch.arange(len(z)), t["targets"][keep]] = -math.inf
+        q = F.softmax(z, -1)
+        logsm = F.log_softmax(t["logits"][keep], -1)
+        f = -(q * torch.where(q > 0, logsm, 0.0)).sum(-1).mean()
+    elif kind in ("kto", "kto_sigmoid"):  # 1 - (2/b) mean link(KL - b (L - L_ref)), KL over the window's refusals
+        lp_i, _, _ = _outputs(now, tok, idk_pairs)
+        lp_i_ref, _, _ = _outputs(ref, tok, idk_pairs)
+        kl = float((lp_i - lp_i_ref).mean())
+        link = (lambda x: -_softplus(-x)) if kind == "kto" else (lambda x: 1 / (1 + math.exp(-x)))
+        f = 1 - 2 / BETA * torch.mean(torch.tensor([link(kl - BETA * d) for d in (lp - lp_ref).tolist()]))
+    elif kind == "pdu":  # mean over labelled positions of (max logit - mean logit)^2
+        z = _tokens(now, tok, f_pairs)["logits"]
+        f = ((z.max(-1).values - z.mean(-1)) ** 2).mean()
+    elif kind == "rmu":  # mean over forget tokens of (1/H) ||h - c u||^2
+        h = _hidden(now, tok, f_pairs, RMU_LAYER)
+        f = ((h - RMU_C * _control_vector(h.shape[1])) ** 2).mean(-1).mean()
     else:
         raise AssertionError(f"no independent formula for forget term {kind}: add one")
     if m.retain is None:
@@ -97,6 +171,10 @@ def _expected(method, now, ref, tok, forget, retain):
     elif m.retain.name == "kl":
         _, _, dist_ref = _outputs(ref, tok, r_pairs)
         r = (dist_ref.exp() * (dist_ref - dist)).sum(-1).mean()
+    elif m.retain.name == "pdu_nll":  # the NLL; its coefficient lambda is checked by the caller
+        r = -lp_r.sum() / n_r.sum()
+    elif m.retain.name == "rmu_retain":  # mean over retain tokens of (1/H) ||h - h_frozen||^2
+        r = ((_hidden(now, tok, r_pairs, RMU_LAYER) - _hidden(ref, tok, r_pairs, RMU_LAYER)) ** 2).mean(-1).mean()
     else:
         raise AssertionError(f"no independent formula for retain term {m.retain.name}: add one")
     return float(f), float(r)
@@ -125,7 +203,7 @@ def test_every_method_from_the_cli_logs_its_objective(setup, tmp_path, method):
                      "--retain", str(retain_file), "--out", str(out), "--epochs", "2", "--batch-size", "4",
                      "--lr", "5e-3", "--beta", str(BETA), f"gamma={GAMMA}", f"forget_weight={FORGET_W}",
                      f"retain_weight={RETAIN_W}", "grad_accum=2", "warmup_epochs=0", "save_every_steps=1",
-                     f"idk={root / 'idk.txt'}", "template=qa", "max_length=64"])
+                     f"idk={root / 'idk.txt'}", "template=qa", "max_length=64", *OWN_KEYS])
     assert code == 0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -134,15 +212,25 @@ def test_every_method_from_the_cli_logs_its_objective(setup, tmp_path, method):
     retain = [json.loads(x) for x in retain_file.read_text().splitlines()]
     ref = _model_at(model_dir, None)
     after_one = _model_at(model_dir, out / "checkpoint" / "trainable.safetensors")  # saved after step 1
+    lam = RETAIN_W  # PDU's dual variable starts at retain_weight, then one ascent step per optimizer step
     for record, now in zip(records, (ref, after_one), strict=True):
         f, r = _expected(method, now, ref, tok, forget, retain)
         assert record["forget_loss"] == pytest.approx(f, rel=1e-4, abs=1e-5)
         total = FORGET_W * f
         if r is not None:
             assert record["retain_loss"] == pytest.approx(r, rel=1e-4, abs=1e-5)
-            total += RETAIN_W * r
+            total += (lam if method == "pdu" else RETAIN_W) * r
+        if method == "pdu":
+            assert record["pdu_lambda"] == pytest.approx(lam, rel=1e-6)
+            lam = max(0.0, lam + PDU_LR * (r - PDU_EPS))
         assert record["loss"] == pytest.approx(total, rel=1e-4, abs=1e-5)
     assert records[1]["forget_loss"] != records[0]["forget_loss"]  # the first step moved the model
+    if method == "rmu":  # the control vector is in the checkpoint; only the chosen tensors were trained
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        u = torch.tensor(state["method"]["rmu_vector"])
+        assert torch.equal(u.double(), _control_vector(len(u)))
+        assert set(load_file(str(out / "checkpoint" / "trainable.safetensors"))) == {
+            f"model.layers.{RMU_LAYER}.mlp.down_proj.weight"}
 
 
 def test_finetune_from_the_cli_logs_the_nll(setup, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class TrainConfig:
     idk: str | None = None  # refusals for idk_rt / dpo*, one per line; default: `idontknow.jsonl` in `data`
     # method (unlearn only)
     method: str = "npo_rt"
-    beta: float = 0.1
+    beta: float = 0.1  # inverse temperature of NPO, DPO, KTO and TNPO (the NPO paper; TNPO's authors use 4)
     gamma: float = 0.0
     forget_weight: float = 1.0
     retain_weight: float = 1.0
@@ -53,6 +54,21 @@ class TrainConfig:
     retain_pairing: str = "fresh"  # fresh: a new retain window each step | fixed: forget i meets one retain example
     token_mean: str = "window"  # window: token means over the step's window | micro: per micro-batch, then averaged
     kl: str = "answer"  # answer: KL over retain answer tokens | official: over every position padded to max_length
+    # objectives beyond NPO (docs/methods.md); each default names its source
+    wga_alpha: float = 1.0  # WGA (Wang et al. 2025): exponent of the token weight p^alpha; open-unlearning's TOFU value (the authors' code defaults to 5)
+    satimp_beta1: float = 5.0  # SatImp (Yang et al. 2025): exponent of p (saturation); the authors' recommended value
+    satimp_beta2: float = 0.1  # SatImp: exponent of 1 - p (importance); the authors' recommended value (open-unlearning: 1)
+    wtnpo_alpha: float = 1.5  # WTNPO (Wang et al. 2025): exponent of the token weight p^alpha; the authors' code default
+    undial_gamma: float = 5.0  # UNDIAL (Dong et al. 2025): how far the target's reference logit is lowered; the authors' code default
+    ceu_ignore_first: int = 1  # CE-U (Yang 2025): answer tokens left out at the start of each answer, as in its training settings
+    pdu_eps: float = 0.3  # PDU (Entesari et al. 2025): bound on the retain NLL; the authors' TOFU runs. Initial lambda: retain_weight
+    pdu_dual_lr: float = 5.0  # PDU: step size of the dual ascent on lambda; the authors' TOFU runs
+    pdu_warmup_epochs: float = 5.0  # PDU: epochs before lambda moves; the authors' TOFU runs (5 of 10)
+    rmu_layer: int = 7  # RMU (Li et al. 2024, WMDP): decoder block (0-based) whose output is steered; their layer_id
+    rmu_params: str = r"layers\.(5|6|7)\.mlp\.down_proj\."  # RMU: regex of the parameter names trained; WMDP's layers 5-7 MLP down-projections
+    rmu_steering: float = 6.5  # RMU: steering coefficient c; WMDP's Zephyr-7B run (their CLI default: 20). Retain alpha: retain_weight
+    rmu_vector: str = "uniform"  # RMU: uniform (U[0,1) normalised, as the WMDP code) | gaussian (a uniform direction)
+    rmu_positions: str = "labelled"  # RMU: tokens averaged over: labelled | all (every padded position, as the WMDP code)
     # optimisation
     epochs: int = 10
     lr: float = 1e-5
@@ -63,6 +79,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     max_grad_norm: float | None = None
     seed: int = 0
+    max_steps: int = 0  # optimizer steps to train, overriding epochs (0: epochs decide); RMU's WMDP run: 150
+    lr_schedule: str = "linear"  # linear (decay to 0, the NPO recipe) | constant (after the warm-up; RMU's WMDP code)
+    adam_eps: float = 1e-8  # AdamW's epsilon: torch's default (RMU's WMDP code used transformers' AdamW, 1e-6)
     # LoRA (off when lora_r = 0)
     lora_r: int = 0
     lora_alpha: int = 32
@@ -112,11 +131,16 @@ CHOICES = {
     "token_mean": ("window", "micro"),
     "kl": ("answer", "official"),
     "eval_generation": ("greedy", "sampled"),
+    "lr_schedule": ("linear", "constant"),
+    "rmu_vector": ("uniform", "gaussian"),
+    "rmu_positions": ("labelled", "all"),
 }
 POSITIVE = ("max_length", "epochs", "lr", "batch_size", "grad_accum", "beta", "eval_batch_size",
-            "eval_max_new_tokens")
+            "eval_max_new_tokens", "adam_eps", "rmu_steering")
 NON_NEGATIVE = ("weight_decay", "warmup_epochs", "lora_r", "lora_dropout", "save_every_steps", "eval_every_epochs",
-                "max_skipped_steps", "forget_weight", "retain_weight")
+                "max_skipped_steps", "forget_weight", "retain_weight", "wga_alpha", "satimp_beta1", "satimp_beta2",
+                "wtnpo_alpha", "undial_gamma", "ceu_ignore_first", "pdu_eps", "pdu_dual_lr", "pdu_warmup_epochs",
+                "rmu_layer", "max_steps")
 
 
 def _coerce(name: str, value, hint, where: str):
@@ -238,6 +262,10 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"'{name}' must not be negative, got {getattr(cfg, name)}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise ConfigError(f"'max_grad_norm' must be positive or null, got {cfg.max_grad_norm}")
+    try:
+        re.compile(cfg.rmu_params)
+    except re.error as err:
+        raise ConfigError(f"'rmu_params' is not a valid regular expression: {err}") from None
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -1,4 +1,6 @@
-"""The one log-prob function: (model, batch) -> per-sequence summed log-prob of the labelled tokens.
+"""The one log-prob function: (model, batch) -> per-sequence summed log-prob of the labelled tokens,
+and the per-token views some objectives need (per-token log-probs, logits at labelled positions,
+hidden states after one decoder block).
 
 The LM head and an fp32 log-softmax run only on labelled positions, in chunks, so a 128k
 vocabulary never materialises a (batch x length x vocab) fp32 tensor. Position ids follow the
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from npo.data.batches import IGNORE
+from npo.errors import NpoError
 
 
 def _unwrap(model):
@@ -60,16 +63,14 @@ def labelled_hidden(model, batch: dict):
     return _hidden_states(model, batch)[rows, cols], rows, targets
 
 
-def sequence_logprobs(model, batch: dict, chunk_size: int = 1024, full_logits: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-prob of the labelled tokens of each sequence, and their count (float).
+def labelled_positions(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, predicting position, target id) of every labelled token, in row-major order: the order
+    of every per-token tensor below."""
+    return _labelled(batch)
 
-    `full_logits=True` is the naive path (LM head over every position); it exists as the
-    independent reference for tests and benchmarks.
-    """
-    n_seq = batch["input_ids"].shape[0]
-    if full_logits:
-        return _full_logits_logprobs(model, batch)
+
+def token_logprobs(model, batch: dict, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of every labelled token [N] (fp32) and its row [N], in `labelled_positions` order."""
     hf = _unwrap(model)
     hidden, rows, targets = labelled_hidden(model, batch)
     parts = []
@@ -81,8 +82,22 @@ def sequence_logprobs(model, batch: dict, chunk_size: int = 1024, full_logits: b
         else:
             parts.append(_chunk_logp(hf, h, t))
     token_logp = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    logp = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(0, rows, token_logp)
-    count = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device).index_add(
+    return token_logp, rows
+
+
+def sequence_logprobs(model, batch: dict, chunk_size: int = 1024, full_logits: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of the labelled tokens of each sequence, and their count (float).
+
+    `full_logits=True` is the naive path (LM head over every position); it exists as the
+    independent reference for tests and benchmarks.
+    """
+    n_seq = batch["input_ids"].shape[0]
+    if full_logits:
+        return _full_logits_logprobs(model, batch)
+    token_logp, rows = token_logprobs(model, batch, chunk_size)
+    logp = torch.zeros(n_seq, dtype=torch.float32, device=token_logp.device).index_add(0, rows, token_logp)
+    count = torch.zeros(n_seq, dtype=torch.float32, device=token_logp.device).index_add(
         0, rows, torch.ones_like(token_logp))
     return logp, count
 
@@ -97,11 +112,64 @@ def _full_logits_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     return (logp * mask).sum(-1), mask.sum(-1).float()
 
 
-def labelled_log_softmax(model, batch: dict) -> torch.Tensor:
-    """Full next-token log-distributions [N, vocab] at the labelled positions (for KL terms)."""
+def full_token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` by the naive path (LM head over every position), for `logits=full`."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+    rows, cols, targets = _labelled(batch)
+    logsm = F.log_softmax(out.logits[:, :-1].float(), -1)
+    return logsm[rows, cols].gather(-1, targets[:, None]).squeeze(-1), rows
+
+
+def labelled_logits(model, batch: dict) -> torch.Tensor:
+    """Next-token logits [N, vocab] (fp32, after any soft-capping) at the labelled positions."""
     hf = _unwrap(model)
     hidden, _, _ = labelled_hidden(model, batch)
-    return F.log_softmax(_head(hf, hidden), -1)
+    return _head(hf, hidden)
+
+
+def labelled_log_softmax(model, batch: dict) -> torch.Tensor:
+    """Full next-token log-distributions [N, vocab] at the labelled positions (for KL terms)."""
+    return F.log_softmax(labelled_logits(model, batch), -1)
+
+
+def decoder_blocks(model) -> tuple[torch.nn.Module, str]:
+    """(module, attribute) of the model's transformer blocks: the ModuleList holding one block per
+    hidden layer (`model.layers` in Llama/Mistral/Qwen, `transformer.h` in GPT-2)."""
+    hf = _unwrap(model)
+    body, n = hf.base_model, getattr(hf.config, "num_hidden_layers", None)
+    for name, child in body.named_children():
+        if isinstance(child, torch.nn.ModuleList) and len(child) == n:
+            return body, name
+    raise NpoError(f"cannot find the decoder blocks of {type(hf).__name__} (a ModuleList of "
+                   f"num_hidden_layers={n} blocks in its base model)")
+
+
+def layer_hidden(model, batch: dict, layer: int, positions: str = "labelled") -> torch.Tensor:
+    """The output of decoder block `layer` (0-based; the residual stream that HF reports as
+    `hidden_states[layer + 1]`, before any final norm) at the labelled tokens' own positions [N, H]
+    in row-major order, or at every position of the padded batch (`positions="all"`, [B*T, H]).
+
+    The blocks after `layer` are not run: they are taken out of the block list for the call, so
+    a 32-layer model asked for layer 7 runs 8 blocks and builds no graph for the rest."""
+    body, name = decoder_blocks(model)
+    blocks = getattr(body, name)
+    if not 0 <= layer < len(blocks):
+        raise NpoError(f"layer {layer} does not exist: the model has {len(blocks)} decoder blocks (0-based)")
+    captured = []
+    handle = blocks[layer].register_forward_hook(
+        lambda _m, _args, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    setattr(body, name, blocks[:layer + 1])
+    try:
+        body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+             position_ids=position_ids(batch["attention_mask"]), use_cache=False)
+    finally:
+        setattr(body, name, blocks)
+        handle.remove()
+    hidden = captured[0]
+    if positions == "all":
+        return hidden.reshape(-1, hidden.shape[-1])
+    return hidden[batch["labels"] != IGNORE]
 
 
 def all_positions_log_softmax(model, batch: dict) -> torch.Tensor:
@@ -138,11 +206,20 @@ class Scorer(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict, kind: str = "logp"):
-        """kind: "logp" (labelled positions), "full" (naive full-logits path), "dist" (for KL) or
-        "padded_dist" (every position, for the original code's KL)."""
+    def forward(self, batch: dict, kind: str = "logp", layer: int = 0, positions: str = "labelled"):
+        """kind: "logp" (labelled positions), "full" (naive full-logits path), "dist" (for KL),
+        "padded_dist" (every position, for the original code's KL), "tokens" / "tokens_full"
+        (per-token log-probs), "logits", or "hidden" (after block `layer`)."""
         if kind == "dist":
             return labelled_log_softmax(self.model, batch)
         if kind == "padded_dist":
             return all_positions_log_softmax(self.model, batch)
+        if kind == "tokens":
+            return token_logprobs(self.model, batch)
+        if kind == "tokens_full":
+            return full_token_logprobs(self.model, batch)
+        if kind == "logits":
+            return labelled_logits(self.model, batch)
+        if kind == "hidden":
+            return layer_hidden(self.model, batch, layer, positions)
         return sequence_logprobs(self.model, batch, full_logits=kind == "full")

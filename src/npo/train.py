@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -27,10 +28,10 @@ from npo.data.sets import fixed_partners, load_sets
 from npo.data.templates import default_template
 from npo.errors import NpoError
 from npo.logprobs import Scorer
-from npo.methods import Method
+from npo.methods import CACHED, Method
 from npo.micro import Micro
 from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab, save_model
-from npo.reference import OnlineReference, reference_logprobs
+from npo.reference import FrozenParams, OnlineReference, reference_logprobs, reference_token_logprobs
 from npo.runtime import (
     env_info,
     make_accelerator,
@@ -73,45 +74,58 @@ def param_groups(model, weight_decay: float, decay_all: bool) -> list[dict]:
             {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
 
 
-def linear_schedule(warmup: int, total: int):
-    """Linear warm-up to the peak lr over `warmup` steps, then linear decay to 0 at `total`; the first
-    step already moves (lr/warmup)."""
+def linear_schedule(warmup: int, total: int, decay: bool = True):
+    """Linear warm-up to the peak lr over `warmup` steps, then linear decay to 0 at `total`
+    (`decay=False`: constant after the warm-up)."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup)) if decay else 1.0
     return factor
 
 
-def hf_linear_schedule(warmup: int, total: int):
+def hf_linear_schedule(warmup: int, total: int, decay: bool = True):
     """transformers' get_linear_schedule_with_warmup, as the NPO authors ran it: the first optimizer
     step has lr 0 (AdamW's moments still update), the last lr/(total - warmup)."""
     def factor(step: int) -> float:
         if step < warmup:
             return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup)) if decay else 1.0
     return factor
 
 
-def schedule(kind: str, n: int, window: int, epochs: int, warmup_epochs: float):
+def schedule(kind: str, n: int, window: int, epochs: int, warmup_epochs: float, max_steps: int = 0,
+             decay: bool = True):
     """(steps per epoch, total steps, warm-up steps, lr factor per step).
 
     epochs: every pass over the n examples is ceil(n / window) steps (the last window shorter);
     official (the NPO authors' forget.py): floor(n / window) steps per epoch, floor(epochs n / window)
     in total, windows running on across passes, warm-up int(warmup_epochs x steps per epoch) of HF's
     linear schedule. On TOFU forget01 at window 32 over 10 epochs: 20 steps against 12.
+    `max_steps` replaces the total when set; `decay=False` keeps the peak lr after the warm-up.
     """
     if kind == "official":
-        per_epoch, total = n // window, epochs * n // window
+        per_epoch, total = n // window, max_steps or epochs * n // window
         if per_epoch == 0:
             raise NpoError(f"schedule=official: the {n} examples are fewer than one window of {window} "
                            "(batch_size x grad_accum x processes), so no step would run")
         warmup = int(warmup_epochs * per_epoch)
-        return per_epoch, total, warmup, hf_linear_schedule(warmup, total)
+        return per_epoch, total, warmup, hf_linear_schedule(warmup, total, decay)
     per_epoch = math.ceil(n / window)
-    total = epochs * per_epoch
+    total = max_steps or epochs * per_epoch
     warmup = round(warmup_epochs * per_epoch)
-    return per_epoch, total, warmup, linear_schedule(warmup, total)
+    return per_epoch, total, warmup, linear_schedule(warmup, total, decay)
+
+
+def train_only(model, pattern: str, key: str) -> None:
+    """Train only the parameters whose names match `pattern` (a method's choice, e.g. RMU's)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    rx = re.compile(pattern)
+    for name, p in model.named_parameters():
+        p.requires_grad_(p.requires_grad and rx.search(name) is not None)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise NpoError(f"'{key}' ({pattern!r}) matches none of the {len(names)} trainable parameters "
+                       f"(their names look like '{names[0] if names else '?'}')")
 
 
 class _Terms:
@@ -174,18 +188,26 @@ class Trainer:
         self.model = self._load_model()
         self.scorer = Scorer(self.model)
         needs = method.needs
-        cached = needs & {"ref_forget", "ref_idk"}
+        cached = needs & CACHED
         online = "online_ref" in needs or (cfg.reference == "online" and cached)
         self.online = (OnlineReference(self.model, lora=bool(cfg.lora_r), full_logits=cfg.logits == "full")
                        if online else None)
+        self.frozen = None
+        if "frozen_hidden" in needs:  # sharding engines own parameter storage: keep a frozen copy there
+            sharded = self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+            self.frozen = FrozenParams(self.model, lora=bool(cfg.lora_r), copy_model=sharded)
+        # state a method keeps across steps (in checkpoints), and values its terms prepare per step
+        self.method_state = {k: v for t in method.terms if t.init_state for k, v in t.init_state(cfg, self.model).items()}
+        self.prepared: dict = {}
         checkpoint = find_checkpoint(self.run_dir) if resume else None
         self.cache = self._reference_cache(cached) if cfg.reference == "cached" and checkpoint is None else {}
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.decay_norms_and_biases),
-                                           lr=cfg.lr)
+                                           lr=cfg.lr, eps=cfg.adam_eps)
         self.window = cfg.batch_size * cfg.grad_accum * self.world
         self.primary = "train" if "train" in self.sets else "forget"  # the set whose passes are epochs
         self.steps_per_epoch, self.total_steps, self.warmup_steps, factor = schedule(
-            cfg.schedule, len(self.sets[self.primary]), self.window, cfg.epochs, cfg.warmup_epochs)
+            cfg.schedule, len(self.sets[self.primary]), self.window, cfg.epochs, cfg.warmup_epochs,
+            cfg.max_steps, decay=cfg.lr_schedule == "linear")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.scorer, self.optimizer = self.acc.prepare(self.scorer, self.optimizer)
         lengths = [len(e.input_ids) for e in self.sets[self.primary]]
@@ -213,12 +235,15 @@ class Trainer:
             if cfg.gradient_checkpointing:
                 model.enable_input_require_grads()
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        if self.method.trains:
+            train_only(model, getattr(cfg, self.method.trains), self.method.trains)
         model = model.to(self.acc.device)
         model.train()
         return model
 
     def _reference_cache(self, needed: frozenset[str]) -> dict[str, torch.Tensor]:
-        """The reference's summed log-probs of the forget (and refusal) answers, one no-grad pass."""
+        """The reference's summed log-probs of the forget (and refusal) answers, one no-grad pass;
+        per-token ones as one NaN-padded row per example."""
         cache: dict[str, torch.Tensor] = {}
         if not needed:
             return cache
@@ -227,6 +252,8 @@ class Trainer:
             for need, name in (("ref_forget", "forget"), ("ref_idk", "idk")):
                 if need in needed:
                     cache[name] = self._reference(self.sets[name], self.cfg.logits == "full")
+            if "ref_forget_tokens" in needed:
+                cache["forget_tokens"] = self._reference_tokens(self.sets["forget"])
         if self.main:
             log.info("reference log-probs cached for %d examples in %.1fs", len(self.sets["forget"]), time.time() - t0)
         return cache
@@ -246,6 +273,20 @@ class Trainer:
             out[i] = v
         return out
 
+    def _reference_tokens(self, examples: list[Tokenized]) -> torch.Tensor:
+        shard = list(range(self.rank, len(examples), self.world))
+        local = reference_token_logprobs(self.model, [examples[i] for i in shard], self.tok.pad_token_id,
+                                         self.cfg.eval_batch_size, self.acc.device)
+        pairs = list(zip(shard, [v.tolist() for v in local], strict=True))
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            pairs = gather_object(pairs)
+        out = torch.full((len(examples), max(1, max(e.n_labels for e in examples))), float("nan"))
+        for i, values in pairs:
+            out[i, :len(values)] = torch.tensor(values)
+        return out
+
     # -- the step
 
     def micro_backward(self, idx: dict[str, list[int]], window: dict[str, list[int]], last: bool
@@ -260,7 +301,8 @@ class Trainer:
             with terms.context():
                 loss = term.fn(micro)
                 parts[term.log_key] = loss.detach()
-                weight = getattr(self.cfg, term.weight_key) if term.weight_key else 1.0
+                weight = (self.method_state[term.coef] if term.coef
+                          else getattr(self.cfg, term.weight_key) if term.weight_key else 1.0)
                 terms.add(weight * loss if term.weight_key else loss)
         return terms.finish(), parts, terms.finite
 
@@ -279,6 +321,7 @@ class Trainer:
         n_parts = self.world * cfg.grad_accum
         split = {name: split_window(w, n_parts) for name, w in window.items()}
         mine = range(self.rank * cfg.grad_accum, (self.rank + 1) * cfg.grad_accum)
+        self.prepared = self._prepare(window, split, mine)
         logged: dict[str, torch.Tensor] = {}
         finite = True
         for k, j in enumerate(mine):
@@ -305,9 +348,26 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for term in self.method.terms:
+            if term.after_step:  # once per optimizer step, identically on every process
+                term.after_step(self, reduced)
         self.step += 1
         return {"step": self.step, "epoch": self.step / self.steps_per_epoch, **reduced,
                 "lr": lr, "grad_norm": grad_norm}
+
+    def _prepare(self, window: dict, split: dict, mine: range) -> dict:
+        """What a term needs of the whole window before its micro-batches (KTO's KL baseline), at
+        the current weights and without gradients; every process takes part."""
+        hooks = [t.before_step for t in self.method.terms if t.before_step]
+        if not hooks:
+            return {}
+        micros = [Micro(self, {name: parts[j] for name, parts in split.items()}, window, {})
+                  for j in mine if split[self.primary][j]]
+        out: dict = {}
+        with torch.no_grad(), self.acc.autocast():
+            for hook in hooks:
+                out.update(hook(self, micros, window))
+        return out
 
     def _nonfinite(self, values: dict, grad_norm: float | None) -> None:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -323,7 +383,8 @@ class Trainer:
     # -- checkpoints
 
     def _state(self) -> dict:
-        return {"step": self.step, "skipped": self.skipped,
+        method = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in self.method_state.items()}
+        return {"step": self.step, "skipped": self.skipped, "method": method,
                 "streams": {name: s.state() for name, s in self.streams.items()}}
 
     def save_checkpoint(self) -> None:
@@ -337,13 +398,16 @@ class Trainer:
         if path is None:
             log.info("no checkpoint in %s: starting from the beginning", self.run_dir)
             if self.cfg.reference == "cached":
-                self.cache = self._reference_cache(self.method.needs & {"ref_forget", "ref_idk"})
+                self.cache = self._reference_cache(self.method.needs & CACHED)
             return
         model = self.acc.unwrap_model(self.scorer).model
         state, rng, cache = load_checkpoint(path, model, self.optimizer, self.scheduler)
         self.step, self.skipped = state["step"], state["skipped"]
         for name, stream in self.streams.items():
             stream.load_state(state["streams"][name])
+        for key, value in state.get("method", {}).items():  # a float, or a tensor saved as a list
+            old = self.method_state[key]
+            self.method_state[key] = torch.tensor(value, dtype=old.dtype) if isinstance(old, torch.Tensor) else value
         self.cache = cache or {}
         set_rng_state(rng)
         log.info("resumed from %s at step %d of %d", path, self.step, self.total_steps)
