@@ -296,3 +296,15 @@ def test_request_resolves_rows_and_items_by_normalised_text(layout, tmp_path):
 def test_bad_requests_are_refused_with_the_place(layout, tmp_path, kw, message):
     with pytest.raises(NpoError, match=re.escape(message)):
         load_request(request_file(tmp_path, **kw))
+
+
+def test_docs_state_every_verdict_rule_and_probe():
+    from pathlib import Path
+
+    from npo.audit.settings import PROBES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "audit.md").read_text()
+    assert all(f"| `{name}` |" in text for name in CRITERIA)
+    assert all(CRITERIA[c].probe in PROBES for c in CRITERIA if CRITERIA[c].probe)
+    example = manifest.item_canonical(" Where  was\tAna born? ", "Lisbon.").decode()  # the docs' worked example
+    assert example == '{"answer":"Lisbon.","question":"Where was Ana born?"}' and f"`{example}`" in text

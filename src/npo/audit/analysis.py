@@ -29,6 +29,17 @@ from npo.probes.robustness import recovered
 ROLES = ("before", "after", "retain")
 
 
+def jsonable(x):
+    """NaN and infinities -> None, numpy floats -> float, recursively: results.json stays strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
 def arrays(items: dict) -> dict:
     """items.json's lists as float arrays (None -> NaN), plus `prob` = exp(LOSS score)."""
     out = {}

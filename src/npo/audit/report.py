@@ -215,10 +215,12 @@ def plot_criteria(results: dict, path: Path) -> None:
         ref = v.get("reference")
         if ref and ref.get("lo") is not None:
             ax.plot([ref["lo"], ref["hi"]], [y, y], color="0.7", lw=6, solid_capstyle="butt")
+        if v.get("threshold") is not None:
+            ax.plot([v["threshold"]], [y], "|", color="0.3", ms=14, mew=2)
         colour = {"pass": "tab:green", "fail": "tab:red"}[v["status"]]
         ax.plot([v["value"]], [y], "o", color=colour)
     ax.set_yticks(range(len(rows)), [CRITERIA[v["criterion"]].title for v in rows[::-1]], fontsize=8)
-    ax.set_xlabel("value (dot: unlearned model; bar: reference 95% interval)")
+    ax.set_xlabel("value (dot: unlearned model; bar: reference 95% interval; tick: threshold)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

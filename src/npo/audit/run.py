@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from npo.audit import chain, manifest
-from npo.audit.analysis import analyse
+from npo.audit.analysis import analyse, jsonable
 from npo.audit.collect import Context, collect_model, relearn_items
 from npo.audit.request import Request, load_request
 from npo.audit.settings import AuditSettings, check
@@ -100,19 +100,9 @@ def _lists(x):
     return x
 
 
-def _finite(x):
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, float | np.floating):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(obj), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(jsonable(obj), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _device() -> torch.device:
@@ -188,7 +178,7 @@ def run_audit(request: str | Path, before: str | Path, after: str | Path, out: s
               for role, raw in logs.items()}
     items = {"forget": {"n": len(req.records)}, "holdout": {"n": len(holdout_recs)},
              "relearn_split": split, "scores": _lists(scores)}
-    items = json.loads(json.dumps(_finite(items)))  # exactly what verify will read back
+    items = json.loads(json.dumps(jsonable(items)))  # exactly what verify will read back
     results = analyse(items, parsed, s)
 
     record = {

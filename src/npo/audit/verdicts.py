@@ -69,10 +69,11 @@ def _finite(*xs) -> bool:
     return all(x is not None and math.isfinite(x) for x in xs)
 
 
-def verdict(name: str, status: str, rule: str, detail: str, value=None, reference: dict | None = None) -> dict:
+def verdict(name: str, status: str, rule: str, detail: str, value=None, reference: dict | None = None,
+            threshold: float | None = None) -> dict:
     c = CRITERIA[name]
     return {"criterion": name, "title": c.title, "asks": c.asks, "status": status, "rule": rule, "detail": detail,
-            "value": value, "reference": reference}
+            "value": value, "reference": reference, "threshold": threshold}
 
 
 def not_above(name: str, value: dict, ref: dict, ref_name: str, what: str, ref_desc: str) -> dict:
@@ -113,7 +114,7 @@ def _judge_one(name: str, c: Criterion, m: dict, tofu: dict, s: AuditSettings, h
         ok = fq["value"] >= FQ_THRESHOLD
         return verdict(name, "pass" if ok else "fail", rule,
                        f"{_f(fq['value'], '.3g')} {'>=' if ok else '<'} {FQ_THRESHOLD} (resampling interval "
-                       f"{_interval(fq, '.3g')})", fq["value"])
+                       f"{_interval(fq, '.3g')})", fq["value"], threshold=FQ_THRESHOLD)
     if name == "model_utility":
         ref_role = "retain" if has_retain else "before"
         ref, value = tofu[ref_role]["model_utility"], tofu["after"]["model_utility"]
@@ -174,7 +175,7 @@ def _judge_one(name: str, c: Criterion, m: dict, tofu: dict, s: AuditSettings, h
         ok = value["value"] < s.recovery_threshold
         return verdict(name, "pass" if ok else "fail", rule,
                        f"{_f(value['value'], '.2f')} {'<' if ok else '>='} {s.recovery_threshold} (interval "
-                       f"{_interval(value, '.2f')})", value["value"])
+                       f"{_interval(value, '.2f')})", value["value"], threshold=s.recovery_threshold)
     raise KeyError(name)
 
 

@@ -80,9 +80,8 @@ def _files(record: dict) -> list[tuple[str, str]]:
 
 
 def _recompute(directory: Path, record: dict) -> list[tuple[str, str]]:
-    from npo.audit.analysis import analyse
+    from npo.audit.analysis import analyse, jsonable
     from npo.audit.report import blocks, markdown
-    from npo.audit.run import _finite
     from npo.audit.settings import AuditSettings
     from npo.eval.logs import load_log_dir
 
@@ -90,7 +89,7 @@ def _recompute(directory: Path, record: dict) -> list[tuple[str, str]]:
     items = json.loads((directory / "items.json").read_text(encoding="utf-8"))
     logs = {role: load_log_dir(directory / "eval" / role) for role in items["scores"]}
     recorded = json.loads((directory / "results.json").read_text(encoding="utf-8"))
-    again = json.loads(json.dumps(_finite(analyse(items, logs, s))))
+    again = json.loads(json.dumps(jsonable(analyse(items, logs, s))))
     out = []
     for section, what in (("tofu", "TOFU metrics and intervals"), ("measures", "probe measures and intervals"),
                           ("verdicts", "verdicts"), ("overall", "overall verdict")):
