@@ -67,7 +67,7 @@ def blocks(record: dict, results: dict) -> list[tuple]:
                    "checks the files without npo. The audit's own hash is the SHA-256 of `SHA256SUMS`."))
     link = record["lineage"]["previous"]
     rows = [["request", f"`{req['path']}` (sha256 `{req['sha256'][:16]}...`), benchmark {req['benchmark']}, split "
-                        f"`{req['forget_split']}`" + (f", {req['metadata']}" if req["metadata"] else "")],
+                        f"`{req['forget_split']}`" + "".join(f"; {k}: {v}" for k, v in req["metadata"].items())],
             ["forget items", f"{fi['n']} items, rows {_rows(fi['items'])} of `{fi['source']}`; set sha256 "
                              f"`{fi['set_sha256']}`"],
             ["holdout items", f"{record['holdout']['n']} items of `{record['holdout']['source']}`, never trained on"],
