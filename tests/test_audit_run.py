@@ -174,6 +174,13 @@ def test_lora_request_chains_to_the_previous_audit_and_reverts_exactly(world, au
     rc, text = verify(capsys, out)
     assert rc == 0, text
     assert "ok    chain: previous audit req1 (request 'req-1') intact" in text
+    first = sha(out / "SHA256SUMS")
+    assert main(["audit", "--request", str(world.request), "--model", str(world.after), "--unlearned", str(adapter),
+                 "--out", str(out), "--probes", "", *FAST]) == 2  # exists: refused without --overwrite
+    assert main(["audit", "--request", str(world.request), "--model", str(world.after), "--unlearned", str(adapter),
+                 "--out", str(out), "--probes", "", "--overwrite", *FAST]) == 0
+    assert sha(out / "SHA256SUMS") != first and sorted(p.name for p in world.audits.iterdir()) == ["req1", "req2"]
+    assert json.loads((out / "manifest.json").read_text())["lineage"]["previous"]["path"] == str(audit1.resolve())
 
     # reverting = dropping the adapter gives the previous model's weights exactly
     reverted = PeftModel.from_pretrained(load_model(str(world.after), torch.float32), str(adapter)).unload()
