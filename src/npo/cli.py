@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("npo.commands.synthetic", "the paper's synthetic experiment (Figures 3, 4 and 9)"),
     "probe": ("npo.commands.probe", "membership-inference and robustness probes of an unlearned model"),
     "methods": ("npo.commands.methods", "the unlearning methods: forget term, retain term, reference (a table)"),
+    "audit": ("npo.commands.audit", "a verifiable record of one deletion request: hashes, intervals, verdicts"),
+    "verify": ("npo.commands.verify", "recompute an audit's hashes and numbers; exit 1 when anything differs"),
 }
 
 

@@ -134,7 +134,7 @@ def _probe_one(path: str, role: str, setup: _Setup, probes, forget, holdout, par
     return out
 
 
-def _relearn(model_dir: str, records: list[QARecord], out: Path, name: str, *, epochs: int, lr: float,
+def relearn(model_dir: str, records: list[QARecord], out: Path, name: str, *, epochs: int, lr: float,
              batch_size: int, template: str, max_length: int, seed: int, overrides: dict, keep: bool) -> Path:
     """Fine-tune a copy of `model_dir` on `records` (plain NLL, fixed seed); returns its model dir."""
     import npo
@@ -221,7 +221,7 @@ def run_probes(model_dir, reference_dir, data, forget_split: str, out, *, retain
                "batch_size": relearn_batch_size, "n_relearn": len(learn), "n_heldout": len(held),
                "overrides": relearn_overrides or {}}
         for role in ("model", "retain") if paths["retain"] else ("model",):
-            relearned = _relearn(paths[role], [forget[i] for i in learn], out / "relearn", f"{role}_relearned", **kw)
+            relearned = relearn(paths[role], [forget[i] for i in learn], out / "relearn", f"{role}_relearned", **kw)
             m, tok = _load(str(relearned), setup.device)
             after = summarise(setup.metrics(m, tok, held_recs))
             del m
