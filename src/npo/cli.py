@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("npo.commands.synthetic", "the paper's synthetic experiment (Figures 3, 4 and 9)"),
     "probe": ("npo.commands.probe", "membership-inference and robustness probes of an unlearned model"),
     "methods": ("npo.commands.methods", "the unlearning methods: forget term, retain term, reference (a table)"),
+    "sequence": ("npo.commands.sequence", "deletion requests in sequence or each from the original model, each evaluated"),
 }
 
 

@@ -41,6 +41,9 @@ class TrainConfig:
     forget: str = ""
     retain: str | None = None
     idk: str | None = None  # refusals for idk_rt / dpo*, one per line; default: `idontknow.jsonl` in `data`
+    # qa: question/answer records; text: raw-text corpora (.txt / .json lists, MUSE's layout) cut into
+    # max_length windows with every token labelled (npo/data/text.py)
+    data_format: str = "qa"
     # method (unlearn only)
     method: str = "npo_rt"
     beta: float = 0.1
@@ -96,6 +99,7 @@ def _benchmarks() -> tuple[str, ...]:
 CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "template": (None, *TEMPLATES),
+    "data_format": ("qa", "text"),
     "reference": ("cached", "online"),
     "nonfinite": ("stop", "skip"),
     "logits": ("labelled", "full"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from npo.data.batches import collate, tokenize_qa
+from npo.data.batches import Tokenized, collate, tokenize_qa
 from npo.data.qa import QARecord
 from npo.logprobs import sequence_logprobs, token_stats
 from npo.runtime import progress
@@ -123,3 +123,47 @@ def gather_in_order(local: dict[str, list], n_items: int, dist: Dist) -> dict[st
         for j, row in enumerate(shard_rows):
             merged[rank + j * dist.world] = row
     return {k: [row[c] for row in merged] for c, k in enumerate(keys)}
+
+
+@torch.no_grad()
+def continuations(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
+                  rank: int = 0) -> list[str]:
+    """Greedy continuations of raw-text prompts (token ids), batched with left padding and stopped at
+    EOS, decoded with special tokens skipped and nothing else changed (`generate` strips, which
+    TOFU's scoring expects; MUSE's clean-up lives in eval/muse_metrics.py)."""
+    side = tok.padding_side
+    tok.padding_side = "left"
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = [""] * len(encoded)
+    bar = progress(len(order), "generating", rank == 0)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            new = gen[:, batch["input_ids"].shape[1]:]
+            texts = tok.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            for i, text in zip(idx, texts, strict=True):
+                out[i] = text
+            bar.update(len(idx))
+    finally:
+        tok.padding_side = side
+        bar.close()
+    return out
+
+
+@torch.no_grad()
+def text_token_logprobs(model, encoded: list[list[int]], pad_id: int, batch_size: int, device) -> list[np.ndarray]:
+    """Per raw text (token ids, BOS first): the log-prob of every token after the first, as numpy."""
+    examples = [Tokenized(tuple(ids), 1, False) for ids in encoded]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list[np.ndarray] = [np.zeros(0)] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        stats = token_stats(model, batch)
+        rows, logp = stats["rows"].cpu().numpy(), stats["logp"].float().cpu().numpy()
+        for row, i in enumerate(idx):
+            out[i] = logp[rows == row]
+    return out
