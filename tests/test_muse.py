@@ -194,6 +194,19 @@ def test_four_sustainability_requests_chain_and_each_is_reported(bed, tmp_path):
     assert (out / "request_4" / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_independent_requests_all_start_from_the_original_model(bed, tmp_path):
+    data = bed / "data"
+    out = tmp_path / "scal"
+    assert main(["sequence", "--model", str(data / "init_model"), "--data", str(data), "--method", "npo",
+                 "--forget", "scal/forget_1,scal/forget_2", "--mode", "independent", "--no-eval", "--out", str(out),
+                 *COMMON]) == 0
+    for k in (1, 2):
+        parent = json.loads((out / f"request_{k}" / "parent.json").read_text())
+        assert parent["start_model"] == str(data / "init_model") and parent["mode"] == "independent"
+        assert (out / f"request_{k}" / "model").is_dir() and not (out / f"request_{k}" / "benchmark").exists()
+    assert "| 2 | `scal/forget_2` |" in (out / "sequence.md").read_text()
+
+
 def test_testbed_layout_is_deterministic_and_nested(tmp_path):
     from npo.testbed.news import build_layout, write_layout
 

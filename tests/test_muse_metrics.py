@@ -45,7 +45,7 @@ def test_min_k_and_auc_by_hand():
     assert mm.split_auc([1.0, 2.0, 3.0], [2.0, 4.0]) == pytest.approx(0.25)
     # PrivLeak against News' retrained AUC: (0.25 - 0.4772) / 0.4772 x 100
     assert privleak(0.25, mm.RETRAIN_AUC["news"]) == pytest.approx(-47.61106454)
-    assert mm.RETRAIN_AUC == {"news": pytest.approx(0.4772), "books": pytest.approx(0.5393)}
+    assert (mm.RETRAIN_AUC["news"], mm.RETRAIN_AUC["books"]) == pytest.approx((0.4772, 0.5393))
 
 
 def test_split_auc_against_a_naive_pair_loop():
@@ -74,3 +74,18 @@ def test_aggregate_keys_as_muse_agg_json():
     agg = mm.aggregate(items)
     assert agg["mean_rougeL"] == pytest.approx(0.5) and agg["max_rouge1"] == 1.0
     assert {f"{k}_ci_lo" for k in mm.ROUGE_KEYS} <= set(agg) and not any(math.isnan(v) for v in agg.values())
+
+
+def test_reference_auc_sources(tmp_path):
+    from npo.errors import NpoError
+    from npo.eval.muse import reference_auc
+
+    assert reference_auc("books", str(tmp_path))[0] == mm.RETRAIN_AUC["books"]
+    assert reference_auc(None, "hf:muse-bench/MUSE-News")[0] == mm.RETRAIN_AUC["news"]
+    auc, reason = reference_auc(None, str(tmp_path))
+    assert auc is None and "retain_logs" in reason
+    (tmp_path / "summary.json").write_text('{"privleak_auc": 0.31}')
+    assert reference_auc(str(tmp_path), "x")[0] == 0.31
+    (tmp_path / "summary.json").write_text('{"forget_quality": 0.3}')
+    with pytest.raises(NpoError, match="no 'privleak_auc'"):
+        reference_auc(str(tmp_path), "x")

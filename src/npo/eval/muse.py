@@ -182,8 +182,8 @@ def evaluate(model, tok, spec, out: Path, dist: Dist | None = None) -> dict | No
 
 # ----------------------------------------------------------------------------- the benchmark seam
 
-CURVES = {"KnowMem on D_forget": ("knowmem_f", "linear"), "Utility (KnowMem on D_retain)": ("knowmem_r", "linear"),
-          "VerbMem on D_forget": ("verbmem_f", "linear"), "PrivLeak (%)": ("privleak", "linear")}
+CURVES = {"KnowMem_f": ("knowmem_f", "linear"), "Utility (KnowMem_r)": ("knowmem_r", "linear"),
+          "VerbMem_f": ("verbmem_f", "linear"), "PrivLeak (%)": ("privleak", "linear")}
 
 
 def _privleak_text(summary: dict) -> str:
