@@ -152,6 +152,48 @@ def test_unlearn_then_eval_reports_every_criterion_as_computed_here(bed, unlearn
     assert pl == pytest.approx((auc - 0.47719999999999996) / 0.47719999999999996 * 100)
 
 
+def test_sharded_evaluation_equals_one_process(bed, tmp_path):
+    """Two ranks in two threads (their own model and tokenizer) with an all-gather through a barrier:
+    rank 0's files equal a single process's, rank 1 writes nothing."""
+    import threading
+
+    from npo.eval import muse
+    from npo.eval.benchmarks import EvalSpec
+    from npo.eval.scoring import Dist
+
+    spec = EvalSpec(data=str(bed / "data"), template="qa", max_new_tokens=4, batch_size=2)
+    one = muse.evaluate(*_model(bed / "data" / "init_model"), spec, tmp_path / "one")
+    barrier, slots, results = threading.Barrier(2, timeout=120), [None, None], {}
+    models = [_model(bed / "data" / "init_model") for _ in (0, 1)]  # loading is not thread-safe
+
+    def run(rank):
+        def gather(items):
+            slots[rank] = items
+            barrier.wait()
+            everyone = slots[0] + slots[1]
+            barrier.wait()
+            return everyone
+
+        dist = Dist(rank, 2)
+        dist.gather = gather
+        results[rank] = muse.evaluate(*models[rank], spec, tmp_path / f"rank{rank}", dist)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[1] is None and not (tmp_path / "rank1").exists()
+    assert results[0] == one
+    for name in ("verbmem_f/log.json", "knowmem_f/log.json", "knowmem_r/log.json", "privleak/auc.json"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "rank0" / name).read_text()
+    # token log-probs of texts batched differently agree to float32 rounding
+    a, b = (json.loads((tmp_path / d / "privleak" / "log.json").read_text()) for d in ("one", "rank0"))
+    for split in a:
+        assert [r["text"] for r in a[split]] == [r["text"] for r in b[split]]
+        assert [r["Min-40%"] for r in a[split]] == pytest.approx([r["Min-40%"] for r in b[split]], abs=1e-5)
+
+
 def _first(run, key):
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[0])[key]
 

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="train only; no benchmark, table or plot")
     for flag, (key, typ, help_) in {**FLAGS, **UNLEARN_FLAGS}.items():
         if key != "forget":
-            parser.add_argument(flag, dest=f"flag_{key}", type=typ, help=help_,
+            parser.add_argument(flag, dest=f"flag_{key}", type=typ, help=help_, metavar=key.upper(),
                                 choices=tuple(METHODS) if key == "method" else None)
     parser.add_argument("--overwrite", action="store_true", help="replace request runs of another sequence")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key")

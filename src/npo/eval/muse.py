@@ -94,6 +94,33 @@ def _write(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def _model_outputs(model, tok, ids: dict, text_ids: dict, new_tokens: tuple[int, int], batch_size: int,
+                   dist: Dist) -> tuple[dict, dict]:
+    """Every generation (VerbMem, then both KnowMem sides in one pass) and every privleak text's
+    scores; each process handles every `world`-th item, gathered back in item order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    mine = {key: enc[dist.rank::dist.world] for key, enc in {**ids, **text_ids}.items()}
+    gens = {"verbmem_f": continuations(model, tok, mine["verbmem_f"], new_tokens[0], batch_size, device, dist.rank)}
+    know_keys = [k for k in ids if k != "verbmem_f"]
+    flat = continuations(model, tok, [x for k in know_keys for x in mine[k]], new_tokens[1], batch_size, device,
+                         dist.rank)
+    for k in know_keys:
+        gens[k], flat = flat[:len(mine[k])], flat[len(mine[k]):]
+    gens = {k: [mm.clean_up_spaces(g) for g in v] for k, v in gens.items()}
+    logps = text_token_logprobs(model, [x for s in text_ids for x in mine[s]], tok.pad_token_id, batch_size, device)
+    scores = {}
+    for s in text_ids:
+        scores[s] = [{"n_tokens": int(lp.size), "loss": float(-np.mean(lp)), **mm.min_k_scores(lp)}
+                     for lp in logps[:len(mine[s])]]
+        logps = logps[len(mine[s]):]
+    model.train(was_training)
+    gens = {k: gather_in_order({"g": g}, len(ids[k]), dist)["g"] for k, g in gens.items()}
+    scores = {s: gather_in_order({"s": v}, len(text_ids[s]), dist)["s"] for s, v in scores.items()}
+    return gens, scores
+
+
 def evaluate(model, tok, spec, out: Path, dist: Dist | None = None) -> dict | None:
     """`npo eval --benchmark muse` and the training-time hook (see eval/benchmarks.py)."""
     dist = dist or Dist()
@@ -115,28 +142,7 @@ def evaluate(model, tok, spec, out: Path, dist: Dist | None = None) -> dict | No
     for s, enc in text_ids.items():
         _check_context(model, enc, 0, data.source("privleak", s), "text")
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    mine = {key: enc[dist.rank::dist.world] for key, enc in {**ids, **text_ids}.items()}
-    gens = {"verbmem_f": continuations(model, tok, mine["verbmem_f"], n_verb, spec.batch_size, device, dist.rank)}
-    know_keys = [f"knowmem_{side[0]}" for side in KNOWMEM]
-    flat = continuations(model, tok, [x for k in know_keys for x in mine[k]], n_know, spec.batch_size, device,
-                         dist.rank)
-    gens = {k: [mm.clean_up_spaces(g) for g in v] for k, v in gens.items()}
-    flat = [mm.clean_up_spaces(g) for g in flat]
-    for k in know_keys:
-        gens[k], flat = flat[:len(mine[k])], flat[len(mine[k]):]
-    logps = text_token_logprobs(model, [x for s in texts for x in mine[s]], tok.pad_token_id, spec.batch_size,
-                                device)
-    scores = {}
-    for s in texts:
-        scores[s] = [{"n_tokens": int(lp.size), "loss": float(-np.mean(lp)), **mm.min_k_scores(lp)}
-                     for lp in logps[:len(mine[s])]]
-        logps = logps[len(mine[s]):]
-    model.train(was_training)
-    gens = {k: gather_in_order({"g": g}, len(ids[k]), dist)["g"] for k, g in gens.items()}
-    scores = {s: gather_in_order({"s": v}, len(texts[s]), dist)["s"] for s, v in scores.items()}
+    gens, scores = _model_outputs(model, tok, ids, text_ids, (n_verb, n_know), spec.batch_size, dist)
     if dist.rank != 0:
         return None
 
