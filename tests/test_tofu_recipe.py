@@ -316,3 +316,19 @@ def test_official_data_order_and_weight_decay_groups():
     names = sorted(n for n, p in model.named_parameters() if id(p) in decayed)
     assert names == sorted(HFTrainer.get_decay_parameter_names(None, model))
     assert len(names) < len(list(model.parameters()))  # the norm weights are left out
+
+
+@pytest.mark.parametrize("pairing", ["fixed", "cyclic"])
+def test_paired_retain_windows_follow_the_forget_window(tiny, tmp_path, pairing):
+    """fixed (the NPO authors) and cyclic (MUSE: window i meets retain i mod R) retain partners."""
+    root, model = tiny
+    forget = write_jsonl(tmp_path / "forget.jsonl", qa_rows(6))
+    retain = write_jsonl(tmp_path / "retain.jsonl", qa_rows(4, offset=6))
+    cfg = build(None, {"model": str(model), "forget": str(forget), "retain": str(retain), "out": str(tmp_path / "r"),
+                       "method": "npo_rt", "template": "qa", "max_length": 64, "batch_size": 3,
+                       "retain_pairing": pairing})
+    trainer = Trainer(cfg, METHODS["npo_rt"])
+    for _ in range(3):
+        window = trainer._windows()
+        want = [(i + _seeded_draw(i, 4)) % 4 if pairing == "fixed" else i % 4 for i in window["forget"]]
+        assert window["retain"] == want

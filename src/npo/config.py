@@ -42,6 +42,9 @@ class TrainConfig:
     forget: str = ""
     retain: str | None = None
     idk: str | None = None  # refusals for idk_rt / dpo*, one per line; default: `idontknow.jsonl` in `data`
+    # qa: question/answer records; text: raw-text corpora (.txt / .json lists, MUSE's layout) cut into
+    # max_length windows with every token labelled (npo/data/text.py)
+    data_format: str = "qa"
     # method (unlearn only)
     method: str = "npo_rt"
     beta: float = 0.1  # inverse temperature of NPO, DPO, KTO and TNPO (the NPO paper; TNPO's authors use 4)
@@ -51,7 +54,8 @@ class TrainConfig:
     reference: str = "cached"  # cached | online (recompute with a frozen copy every step; for checks)
     # the original code's choices, which the NPO paper's numbers depend on (docs/tofu.md; configs/tofu/paper/)
     schedule: str = "epochs"  # epochs: ceil(N/window) steps per pass | official: the NPO authors' (floor, lr 0 first)
-    retain_pairing: str = "fresh"  # fresh: a new retain window each step | fixed: forget i meets one retain example
+    retain_pairing: str = "fresh"  # fresh: a new retain window each step | fixed / cyclic: forget i always meets
+    # one retain example, (i + r_i) mod R with r_i drawn after manual_seed(i) (the NPO authors) / i mod R (MUSE)
     token_mean: str = "window"  # window: token means over the step's window | micro: per micro-batch, then averaged
     kl: str = "answer"  # answer: KL over retain answer tokens | official: over every position padded to max_length
     # objectives beyond NPO (docs/methods.md); each default names its source
@@ -122,12 +126,13 @@ def _benchmarks() -> tuple[str, ...]:
 CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "template": (None, *TEMPLATES),
+    "data_format": ("qa", "text"),
     "reference": ("cached", "online"),
     "nonfinite": ("stop", "skip"),
     "logits": ("labelled", "full"),
     "eval_protocol": ("full", "legacy300"),
     "schedule": ("epochs", "official"),
-    "retain_pairing": ("fresh", "fixed"),
+    "retain_pairing": ("fresh", "fixed", "cyclic"),
     "token_mean": ("window", "micro"),
     "kl": ("answer", "official"),
     "eval_generation": ("greedy", "sampled"),

@@ -214,8 +214,10 @@ class Trainer:
         self.streams = {self.primary: ShuffledStream(len(lengths), self.window, cfg.seed) if cfg.schedule == "official"
                         else BatchStream(lengths, self.window, cfg.seed)}
         self.partners = None
-        if "retain" in self.sets and cfg.retain_pairing == "fixed":
-            self.partners = fixed_partners(len(self.sets["forget"]), len(self.sets["retain"]))
+        if "retain" in self.sets and cfg.retain_pairing != "fresh":
+            n_forget, n_retain = len(self.sets["forget"]), len(self.sets["retain"])
+            self.partners = (fixed_partners(n_forget, n_retain) if cfg.retain_pairing == "fixed"
+                             else [i % n_retain for i in range(n_forget)])
         elif "retain" in self.sets:
             self.streams["retain"] = BatchStream([len(e.input_ids) for e in self.sets["retain"]], self.window,
                                                  cfg.seed + 1)

@@ -14,12 +14,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--benchmark", choices=tuple(BENCHMARKS), default="tofu",
                         help="; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()) + " (default: tofu)")
     parser.add_argument("--forget-split", help="TOFU: e.g. forget10 (its _perturbed file is evaluated)")
-    parser.add_argument("--data", required=True, help="the benchmark's data: a TOFU-layout directory, or hf:NAME")
+    parser.add_argument("--data", required=True, help="the benchmark's data: a TOFU- or MUSE-layout directory, or hf:NAME")
     parser.add_argument("--retain-logs", help="TOFU: eval logs of a model trained on the retain set only "
-                                              "(reference for Forget Quality)")
+                                              "(reference for Forget Quality); MUSE: 'news' or 'books' (the "
+                                              "paper's retrained-model AUCs) or a retain model's muse eval folder")
     parser.add_argument("--protocol", choices=["full", "legacy300"], default="full",
                         help="all items (full) or the first 300 of each set (legacy300, the published logs)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="TOFU: new tokens per answer; MUSE: a cap on its 128 (VerbMem) and 32 (KnowMem)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--template", choices=TEMPLATES,

@@ -69,6 +69,10 @@ def idk_answers(cfg: TrainConfig, n: int, seed: int) -> list[str]:
 
 def load_sets(cfg: TrainConfig, method, tok, template: str) -> dict[str, list[Tokenized]]:
     """Every set `method` reads, tokenized; a missing or invalid set fails here, before any model loads."""
+    if cfg.data_format == "text":  # raw-text corpora cut into windows (MUSE)
+        from npo.data.text import load_text_sets
+
+        return load_text_sets(cfg, method, tok)
     names = method.sets
     sets: dict[str, list[Tokenized]] = {}
     if "train" in names:

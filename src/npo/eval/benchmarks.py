@@ -19,6 +19,7 @@ from npo.errors import NpoError
 # name -> (module, one line)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "tofu": ("npo.eval.tofu", "TOFU: fictitious authors' QA; Model Utility and Forget Quality (Maini et al. 2024)"),
+    "muse": ("npo.eval.muse", "MUSE: news/books text; VerbMem, KnowMem, PrivLeak, utility (Shi et al. 2025)"),
 }
 
 
@@ -29,7 +30,7 @@ class EvalSpec:
     data: str
     template: str
     forget_split: str | None = None
-    retain_logs: str | None = None  # the retain model's logs (TOFU: its eval folder)
+    retain_logs: str | None = None  # the retain model's logs (TOFU: its eval folder; MUSE: also news|books)
     protocol: str = "full"
     max_new_tokens: int = 200
     batch_size: int = 16

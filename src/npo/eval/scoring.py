@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from npo.data.batches import collate, tokenize_qa
+from npo.data.batches import Tokenized, collate, tokenize_qa
 from npo.data.qa import QARecord
 from npo.logprobs import sequence_logprobs, token_stats
 from npo.runtime import progress
@@ -68,14 +68,16 @@ def prompt_ids(tok, template: str, records: list[QARecord], max_length: int) -> 
 @torch.no_grad()
 def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
              rank: int = 0, *, max_length: int | None = None, keep_order: bool = False,
-             sample_seed: int | None = None) -> list[str]:
+             sample_seed: int | None = None, raw: bool = False) -> list[str]:
     """Continuations of token-id prompts, batched with left padding, stopped at EOS: greedy, prompts
     sorted by length, `max_new_tokens` each (the default).
 
     The original evaluators' variants: `max_length` caps prompt + continuation of the left-padded
     batch instead (so a batch's longest prompt decides its new tokens), `keep_order` batches the
     prompts as given, `sample_seed` samples with the model's generation config after
-    `torch.manual_seed(sample_seed)` before every batch (the NPO authors' evaluator)."""
+    `torch.manual_seed(sample_seed)` before every batch (the NPO authors' evaluator). `raw`: decoded
+    with special tokens skipped and nothing else changed (MUSE's clean-up is eval/muse_metrics.py's);
+    by default stripped, as TOFU's scoring expects."""
     side = tok.padding_side
     tok.padding_side = "left"
     order = list(range(len(encoded))) if keep_order else sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -91,8 +93,9 @@ def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_si
             gen = model.generate(**batch, **limit, do_sample=sample_seed is not None,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             new = gen[:, batch["input_ids"].shape[1]:]
-            for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
-                out[i] = text.strip()
+            texts = tok.batch_decode(new, skip_special_tokens=True, **({"clean_up_tokenization_spaces": False} if raw else {}))
+            for i, text in zip(idx, texts, strict=True):
+                out[i] = text if raw else text.strip()
             bar.update(len(idx))
     finally:
         tok.padding_side = side
@@ -138,3 +141,19 @@ def shard(n_items: int, dist: Dist, block: int = 1) -> list[int]:
     """The items one process handles: every `world`-th block of `block` consecutive items."""
     starts = range(dist.rank * block, n_items, dist.world * block)
     return [i for start in starts for i in range(start, min(start + block, n_items))]
+
+
+@torch.no_grad()
+def text_token_logprobs(model, encoded: list[list[int]], pad_id: int, batch_size: int, device) -> list[np.ndarray]:
+    """Per raw text (token ids, BOS first): the log-prob of every token after the first, as numpy."""
+    examples = [Tokenized(tuple(ids), 1, False) for ids in encoded]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list[np.ndarray] = [np.zeros(0)] * len(examples)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        stats = token_stats(model, batch)
+        rows, logp = stats["rows"].cpu().numpy(), stats["logp"].float().cpu().numpy()
+        for row, i in enumerate(idx):
+            out[i] = logp[rows == row]
+    return out
