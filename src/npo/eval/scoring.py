@@ -12,6 +12,7 @@ import torch
 
 from npo.data.batches import Tokenized, collate, tokenize_qa
 from npo.data.qa import QARecord
+from npo.errors import NpoError
 from npo.logprobs import labelled_log_softmax, sequence_logprobs, token_stats
 from npo.runtime import progress
 
@@ -129,7 +130,7 @@ def _window(context: tuple[int, ...], continuation: tuple[int, ...], max_length:
     """context + continuation, cut from the left to max_length + 1 tokens (the last is only a target),
     the continuation labelled."""
     if not 0 < len(continuation) <= max_length:
-        raise ValueError(f"a continuation of {len(continuation)} tokens does not fit max_length {max_length}")
+        raise NpoError(f"a continuation of {len(continuation)} tokens does not fit max_length {max_length}")
     ids = (tuple(context) + tuple(continuation))[-(max_length + 1):]
     return Tokenized(ids, len(ids) - len(continuation), len(context) + len(continuation) > max_length + 1)
 
@@ -141,8 +142,9 @@ def choice_logprobs(model, requests: list[list[tuple[tuple[int, ...], tuple[int,
     """Per question, the summed log-prob of each choice's continuation tokens after its context;
     `requests[q]` holds question q's (context ids, continuation ids), one per choice.
 
-    Sequences are cut from the left to max_length + 1 tokens (max_length model inputs), as
-    lm-evaluation-harness does. When a question's choices share one context and are one token each
+    Sequences are cut from the left to max_length + 1 tokens, as lm-evaluation-harness does (it
+    feeds the first max_length; here the last token also runs, its output unused, so a model with
+    learned absolute positions needs max_length below its context). When a question's choices share one context and are one token each
     (" A", " B", ...), one forward serves them all: the next-token distribution after the context
     (`share_context`). Otherwise each choice is a sequence of its own, a question's choices in the
     same batch. A context must hold at least one token."""
