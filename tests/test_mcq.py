@@ -102,6 +102,25 @@ def test_choice_logprobs_match_a_naive_loop():
                 assert g == pytest.approx(w, abs=1e-4)
 
 
+@torch.no_grad()
+def test_choice_logprobs_at_the_limit_of_learned_positions():
+    """lm-eval feeds max_length tokens and scores the continuation's last one as a target only; a
+    model with learned absolute positions (GPT-2) has no position max_length to spare."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = bos_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2)).eval()
+    context = lm_eval_prompt("biology", QUESTIONS[1]["question"], QUESTIONS[1]["choices"])
+    requests = [encode_choices(tok, context, [" A", " B", " C", " D"], add_bos=None)]
+    assert len(requests[0][0][0]) > 40
+    got = choice_logprobs(model, requests, 32, batch_size=4, device="cpu", pad_id=tok.pad_token_id)[0]
+    for (ctx, cont), g in zip(requests[0], got, strict=True):
+        ids = (ctx + cont)[-33:]
+        logp = model(torch.tensor([ids[:-1]])).logits[0].log_softmax(-1)  # 32 inputs, as lm-eval
+        assert g == pytest.approx(float(logp[-1, ids[-1]]), abs=1e-4)
+
+
 def test_accuracy_by_hand():
     qs = [MCQ("q", ("a", "b", "c"), ans, subj, "x", 1) for ans, subj in
           [(0, "anatomy"), (1, "anatomy"), (2, "anatomy"), (0, "virology")]]

@@ -135,6 +135,15 @@ def _window(context: tuple[int, ...], continuation: tuple[int, ...], max_length:
     return Tokenized(ids, len(ids) - len(continuation), len(context) + len(continuation) > max_length + 1)
 
 
+def _target_only_last(windows: list[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded batch whose last token of each row is masked: it is a label only, and no other
+    position attends to it (causal), so the numbers are unchanged and positions stay below the limit."""
+    batch = collate(windows, pad_id)
+    rows = torch.arange(len(windows))
+    batch["attention_mask"][rows, torch.tensor([len(w.input_ids) - 1 for w in windows])] = 0
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def choice_logprobs(model, requests: list[list[tuple[tuple[int, ...], tuple[int, ...]]]], max_length: int,
                     batch_size: int, device, pad_id: int, rank: int = 0, share_context: bool = True
@@ -142,9 +151,9 @@ def choice_logprobs(model, requests: list[list[tuple[tuple[int, ...], tuple[int,
     """Per question, the summed log-prob of each choice's continuation tokens after its context;
     `requests[q]` holds question q's (context ids, continuation ids), one per choice.
 
-    Sequences are cut from the left to max_length + 1 tokens, as lm-evaluation-harness does (it
-    feeds the first max_length; here the last token also runs, its output unused, so a model with
-    learned absolute positions needs max_length below its context). When a question's choices share one context and are one token each
+    Sequences are cut from the left to max_length + 1 tokens, as lm-evaluation-harness does; the
+    last token is only a target, so it is masked out of the model's input (the model sees at most
+    max_length positions, as there). When a question's choices share one context and are one token each
     (" A", " B", ...), one forward serves them all: the next-token distribution after the context
     (`share_context`). Otherwise each choice is a sequence of its own, a question's choices in the
     same batch. A context must hold at least one token."""
@@ -161,7 +170,7 @@ def choice_logprobs(model, requests: list[list[tuple[tuple[int, ...], tuple[int,
     shared.sort(key=lambda item: len(item[1].input_ids))
     for start in range(0, len(shared), batch_size):
         part = shared[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([w for _, w, _ in part], pad_id).items()}
+        batch = _target_only_last([w for _, w, _ in part], pad_id, device)
         logdist = labelled_log_softmax(model, batch)  # one labelled token per row, rows in order
         for row, (qi, _, tokens) in enumerate(part):
             out[qi] = logdist[row, tokens].tolist()
@@ -175,8 +184,7 @@ def choice_logprobs(model, requests: list[list[tuple[tuple[int, ...], tuple[int,
             n += len(single[start][1])
             start += 1
         flat = [(qi, ci, w) for qi, ws in part for ci, w in ws]
-        batch = {k: v.to(device) for k, v in collate([w for _, _, w in flat], pad_id).items()}
-        logp, _ = sequence_logprobs(model, batch)
+        logp, _ = sequence_logprobs(model, _target_only_last([w for _, _, w in flat], pad_id, device))
         for (qi, ci, _), lp in zip(flat, logp.tolist(), strict=True):
             out[qi][ci] = lp
         bar.update(len(part))
