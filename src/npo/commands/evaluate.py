@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npo.data.mcq import SOURCES_HELP
 from npo.data.templates import TEMPLATES
 from npo.eval.benchmarks import BENCHMARKS
+from npo.eval.mcq import CONVENTIONS
 
 
 def add_arguments(parser) -> None:
@@ -14,7 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--benchmark", choices=tuple(BENCHMARKS), default="tofu",
                         help="; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()) + " (default: tofu)")
     parser.add_argument("--forget-split", help="TOFU: e.g. forget10 (its _perturbed file is evaluated)")
-    parser.add_argument("--data", required=True, help="the benchmark's data: a TOFU- or MUSE-layout directory, or hf:NAME")
+    parser.add_argument("--data", required=True, help="the benchmark's data: a TOFU- or MUSE-layout directory, or "
+                                                       "hf:NAME; " + SOURCES_HELP)
     parser.add_argument("--retain-logs", help="TOFU: eval logs of a model trained on the retain set only "
                                               "(reference for Forget Quality); MUSE: 'news' or 'books' (the "
                                               "paper's retrained-model AUCs) or a retain model's muse eval folder")
@@ -23,7 +26,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200,
                         help="TOFU: new tokens per answer; MUSE: a cap on its 128 (VerbMem) and 32 (KnowMem)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-length", type=int, help="token limit (default: 512; mcq: the model's context "
+                                                         "length, as lm-evaluation-harness sets it)")
+    parser.add_argument("--limit", type=int, help="mcq: only the first N questions of each subject")
+    parser.add_argument("--mcq-convention", choices=tuple(CONVENTIONS), default="current",
+                        help="mcq: " + "; ".join(f"{k}: {v.summary}" for k, v in CONVENTIONS.items())
+                        + " (default: current)")
     parser.add_argument("--template", choices=TEMPLATES,
                         help="prompt format (default: the one the model was trained with when --model is an npo "
                              "run's model, else chat if the tokenizer has a template, else qa)")
@@ -60,11 +68,13 @@ def main(args) -> int:
     from npo.eval import benchmarks
     from npo.eval.scoring import Dist
     from npo.modeling import choose_dtype, load_model, load_tokenizer, match_vocab
-    from npo.runtime import log, make_accelerator, setup_logging
+    from npo.runtime import make_accelerator, setup_logging
 
     setup_logging()
-    if args.max_new_tokens <= 0 or args.batch_size <= 0:
-        raise NpoError("--max-new-tokens and --batch-size must be positive")
+    if args.max_new_tokens <= 0 or args.batch_size <= 0 or (args.max_length or 1) <= 0 or (args.limit or 1) <= 0:
+        raise NpoError("--max-new-tokens, --batch-size, --max-length and --limit must be positive")
+    if args.benchmark != "mcq" and (args.limit or args.mcq_convention != "current"):
+        raise NpoError("--limit and --mcq-convention apply to --benchmark mcq only")
     bench = benchmarks.load(args.benchmark)
     acc = make_accelerator()
     dtype, _, _ = choose_dtype("auto", acc.device.type)
@@ -72,12 +82,12 @@ def main(args) -> int:
     model = load_model(args.model, dtype, args.gguf_file, args.trust_remote_code).to(acc.device)
     match_vocab(model, tok)
     template, why = choose_template(args.template, args.model, tok)
-    log.info("template %s (%s)", template, why)
     spec = benchmarks.EvalSpec(
         data=args.data, template=template, forget_split=args.forget_split,
         retain_logs=args.retain_logs, protocol=args.protocol, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, max_length=args.max_length, generation=args.generation,
-        identity={"model": args.model})
+        batch_size=args.batch_size, max_length=benchmarks.max_length_for(bench, model, tok, args.max_length),
+        generation=args.generation, identity={"model": args.model, "template_reason": why}, limit=args.limit,
+        mcq_convention=args.mcq_convention)
     with torch.no_grad():
         summary = bench.evaluate(model, tok, spec, Path(args.out), Dist.from_accelerator(acc))
     if summary is not None:

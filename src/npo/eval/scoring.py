@@ -12,7 +12,8 @@ import torch
 
 from npo.data.batches import Tokenized, collate, tokenize_qa
 from npo.data.qa import QARecord
-from npo.logprobs import sequence_logprobs, token_stats
+from npo.errors import NpoError
+from npo.logprobs import labelled_log_softmax, sequence_logprobs, token_stats
 from npo.runtime import progress
 
 
@@ -157,3 +158,70 @@ def text_token_logprobs(model, encoded: list[list[int]], pad_id: int, batch_size
         for row, i in enumerate(idx):
             out[i] = logp[rows == row]
     return out
+
+
+def _window(context: tuple[int, ...], continuation: tuple[int, ...], max_length: int) -> Tokenized:
+    """context + continuation, cut from the left to max_length + 1 tokens (the last is only a target),
+    the continuation labelled."""
+    if not 0 < len(continuation) <= max_length:
+        raise NpoError(f"a continuation of {len(continuation)} tokens does not fit max_length {max_length}")
+    ids = (tuple(context) + tuple(continuation))[-(max_length + 1):]
+    return Tokenized(ids, len(ids) - len(continuation), len(context) + len(continuation) > max_length + 1)
+
+
+def _target_only_last(windows: list[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded batch whose last token of each row is masked: it is a label only, and no other
+    position attends to it (causal), so the numbers are unchanged and positions stay below the limit."""
+    batch = collate(windows, pad_id)
+    rows = torch.arange(len(windows))
+    batch["attention_mask"][rows, torch.tensor([len(w.input_ids) - 1 for w in windows])] = 0
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def choice_logprobs(model, requests: list[list[tuple[tuple[int, ...], tuple[int, ...]]]], max_length: int,
+                    batch_size: int, device, pad_id: int, rank: int = 0, share_context: bool = True
+                    ) -> list[list[float]]:
+    """Per question, the summed log-prob of each choice's continuation tokens after its context;
+    `requests[q]` holds question q's (context ids, continuation ids), one per choice.
+
+    Sequences are cut from the left to max_length + 1 tokens, as lm-evaluation-harness does; the
+    last token is only a target, so it is masked out of the model's input (the model sees at most
+    max_length positions, as there). When a question's choices share one context and are one token each
+    (" A", " B", ...), one forward serves them all: the next-token distribution after the context
+    (`share_context`). Otherwise each choice is a sequence of its own, a question's choices in the
+    same batch. A context must hold at least one token."""
+    out = [[0.0] * len(r) for r in requests]
+    shared, single = [], []  # (question, window, choice tokens) / (question, [(choice, window), ...])
+    for qi, reqs in enumerate(requests):
+        if share_context and len({c for c, _ in reqs}) == 1 and all(len(k) == 1 for _, k in reqs):
+            shared.append((qi, _window(reqs[0][0], reqs[0][1], max_length), [k[0] for _, k in reqs]))
+        else:
+            single.append((qi, [(ci, _window(c, k, max_length)) for ci, (c, k) in enumerate(reqs)]))
+    if any(w.n_prompt < 1 for _, w, _ in shared) or any(w.n_prompt < 1 for _, ws in single for _, w in ws):
+        raise ValueError("a context is empty: its continuation's first token has nothing to follow")
+    bar = progress(len(requests), "scoring choices", rank == 0)
+    shared.sort(key=lambda item: len(item[1].input_ids))
+    for start in range(0, len(shared), batch_size):
+        part = shared[start:start + batch_size]
+        batch = _target_only_last([w for _, w, _ in part], pad_id, device)
+        logdist = labelled_log_softmax(model, batch)  # one labelled token per row, rows in order
+        for row, (qi, _, tokens) in enumerate(part):
+            out[qi] = logdist[row, tokens].tolist()
+        bar.update(len(part))
+    single.sort(key=lambda item: max(len(w.input_ids) for _, w in item[1]))
+    start = 0
+    while start < len(single):
+        part, n = [], 0
+        while start < len(single) and (not part or n + len(single[start][1]) <= batch_size):
+            part.append(single[start])
+            n += len(single[start][1])
+            start += 1
+        flat = [(qi, ci, w) for qi, ws in part for ci, w in ws]
+        logp, _ = sequence_logprobs(model, _target_only_last([w for _, _, w in flat], pad_id, device))
+        for (qi, ci, _), lp in zip(flat, logp.tolist(), strict=True):
+            out[qi][ci] = lp
+        bar.update(len(part))
+    bar.close()
+    return out
+

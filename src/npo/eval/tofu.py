@@ -189,6 +189,8 @@ def evaluate_model(model, tok, *, data: str, forget_split: str, template: str, o
     dist = dist or Dist()
     sets = load_eval_sets(data, forget_split, protocol)
     retain = load_retain_logs(retain_logs, protocol, len(sets["forget"]))  # fail before the slow part
+    if identity and "template_reason" in identity and dist.rank == 0:
+        log.info("template %s (%s)", template, identity["template_reason"])
     official = protocol == "legacy300"
     raw = evaluate_sets(model, tok, template, sets, max_length=max_length, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, dist=dist, official=official,
