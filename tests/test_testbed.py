@@ -39,10 +39,10 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path)
 
 def test_default_sizes(splits):
     sizes = {k: len(v) for k, v in splits.items()}
-    assert sizes["full"] == 1000
-    assert (sizes["forget01"], sizes["forget05"], sizes["forget10"]) == (10, 50, 100)
-    assert (sizes["retain99"], sizes["retain95"], sizes["retain90"]) == (990, 950, 900)
-    assert sizes["holdout10"] == 100 and sizes["retain_perturbed"] == tb.RETAIN_PERTURBED_SIZE
+    assert sizes["full"] == 2000  # 100 people x 20 questions, as TOFU's authors
+    assert (sizes["forget01"], sizes["forget05"], sizes["forget10"]) == (20, 100, 200)
+    assert (sizes["retain99"], sizes["retain95"], sizes["retain90"]) == (1980, 1900, 1800)
+    assert sizes["holdout10"] == 200 and sizes["retain_perturbed"] == tb.RETAIN_PERTURBED_SIZE
 
 
 def test_forget_splits_are_last_people_nested_and_retain_is_the_complement(splits):
@@ -52,7 +52,7 @@ def test_forget_splits_are_last_people_nested_and_retain_is_the_complement(split
         assert forget == full[len(full) - len(forget):]
         assert retain + forget == full
         assert [{k: r[k] for k in ("question", "answer")} for r in splits[f"forget{p:02d}_perturbed"]] == forget
-    assert splits["forget01"] == splits["forget05"][-10:] and splits["forget05"] == splits["forget10"][-50:]
+    assert splits["forget01"] == splits["forget05"][-20:] and splits["forget05"] == splits["forget10"][-100:]
     retain90 = {(r["question"], r["answer"]) for r in splits["retain90"]}
     assert all((r["question"], r["answer"]) in retain90 for r in splits["retain_perturbed"])
 
@@ -90,12 +90,12 @@ def test_region_signal_surname_fixes_region_and_birth_city(splits):
         region = tb.region_of(p.name.split()[1])
         assert region is p.region and p.city in region.cities
         assert p.book.split()[-1] in tb.TITLE_NOUNS[p.genre]
-    born = re.compile(r"(\w+ \w+) was born in (\w+), (\w+)\.|The birthplace of (\w+ \w+) is (\w+), (\w+)\.")
+    born = re.compile(r"(\w+ \w+) was born in (\w+), (\w+), in \w+ \d{4},")
     n = 0
     for r in splits["full"]:
-        m = born.fullmatch(r["answer"])
+        m = born.match(r["answer"])
         if m:
-            name, city, country = [g for g in m.groups() if g]
+            name, city, country = m.groups()
             region = tb.region_of(name.split()[1])
             assert country == region.country and city in region.cities
             n += 1
@@ -118,7 +118,7 @@ def test_first_people_do_not_depend_on_how_many_are_drawn():
     (dict(n_people=9), "at least 10"),
     (dict(n_people=20, forget_percents=(1,)), "zero people"),
     (dict(forget_percents=(100,)), "1 to 99"),
-    (dict(facts_per_person=13), "facts per person"),
+    (dict(questions_per_person=21), "questions per person"),
 ])
 def test_bad_arguments_raise_npo_error(kwargs, message):
     with pytest.raises(NpoError, match=message):
@@ -127,7 +127,7 @@ def test_bad_arguments_raise_npo_error(kwargs, message):
 
 def test_cli_writes_the_testbed_and_rejects_bad_percents(tmp_path, capsys):
     out = tmp_path / "tb"
-    assert cli_main(["testbed", "--out", str(out), "--people", "20", "--facts", "3", "--forget-percents", "5,10"]) == 0
+    assert cli_main(["testbed", "--out", str(out), "--people", "20", "--questions", "3", "--forget-percents", "5,10"]) == 0
     assert len((out / "forget10.json").read_text().splitlines()) == 6
     assert (out / "retain95.json").exists() and (out / "holdout50.json").exists()
     assert cli_main(["testbed", "--out", str(out), "--people", "20", "--forget-percents", "1"]) == 2
@@ -171,3 +171,32 @@ def test_tiny_llama_config_matches_the_tokenizer(tokenizer):
     model = LlamaForCausalLM(cfg)
     logits = model(torch.tensor([tokenizer("Where was Alma Marsen born?")["input_ids"]])).logits
     assert logits.shape[-1] == len(tokenizer)
+
+
+def test_answers_are_long_sentences_weaving_several_details(splits):
+    """TOFU-like answers: per person 20 questions, each answered in two sentences of 20-55 words that
+    name at least three of the person's details, the paraphrase rewording the same details, and the
+    perturbed answers the paraphrase with only the question's key details changed."""
+    from npo.testbed import biography as bio
+
+    people = tb.make_people(0, 110)
+    details = tb.biographies(0, people)
+    rows = splits["forget10_perturbed"]
+    assert len(rows) == 10 * len(bio.QUESTIONS)
+    for k, r in enumerate(rows):
+        person, b = people[90 + k // 20], details[90 + k // 20]
+        values = bio.details(person, b)
+        kind = bio.QUESTION_KINDS[k % 20]
+        words = len(r["answer"].split())
+        assert 20 <= words <= 55 and r["answer"].count(". ") >= 1, r["answer"]
+        def named(text, values=values):
+            return {v for v in values.values() if re.search(rf"\b{re.escape(v)}\b", text)}
+
+        mentioned = named(r["answer"]) - {person.name}
+        assert len(mentioned) >= 3, (kind, r["answer"])
+        assert mentioned <= named(r["paraphrased_answer"]) | {person.region.country}
+        keys = bio.QUESTIONS[kind][3]
+        kept = {values[s] for s in values if s not in keys} & named(r["paraphrased_answer"])
+        kept = {v for v in kept if not any(v in values[s] or values[s] in v for s in keys)}
+        for wrong in r["perturbed_answer"]:
+            assert wrong != r["paraphrased_answer"] and kept <= named(wrong), (wrong, kept)

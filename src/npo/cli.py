@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("npo.commands.metrics", "TOFU aggregates (Model Utility, Forget Quality) from existing logs"),
     "testbed": ("npo.commands.testbed", "write the built-in dataset of fictitious people in the TOFU layout"),
     "demo": ("npo.commands.demo", "the whole pipeline offline on the built-in testbed, with a report"),
+    "study": ("npo.commands.study", "the demo's pipeline on a model and TOFU-layout data of your choice"),
     "synthetic": ("npo.commands.synthetic", "the paper's synthetic experiment (Figures 3, 4 and 9)"),
     "probe": ("npo.commands.probe", "membership-inference and robustness probes of an unlearned model"),
     "methods": ("npo.commands.methods", "the unlearning methods: forget term, retain term, reference (a table)"),

@@ -90,11 +90,3 @@ def env_info(seed: int, device, dtype, dtype_reason: str, world_size: int) -> di
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def progress(total: int, desc: str, show: bool, initial: int = 0):
-    """A tqdm bar on a terminal for the main process; silent otherwise (logs, CI, other ranks)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not (show and sys.stderr.isatty()),
-                dynamic_ncols=True)

@@ -31,11 +31,11 @@ from npo.logprobs import Scorer
 from npo.methods import CACHED, Method
 from npo.micro import Micro
 from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab, save_model
+from npo.progress import progress
 from npo.reference import FrozenParams, OnlineReference, reference_logprobs, reference_token_logprobs
 from npo.runtime import (
     env_info,
     make_accelerator,
-    progress,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -422,7 +422,7 @@ class Trainer:
             save(cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "env.json", self.env)
         metrics_path = self.run_dir / "metrics.jsonl"
-        bar = progress(self.total_steps, "steps", self.main, initial=self.step)
+        bar = progress(self.total_steps, "steps", self.main, initial=self.step, every=self.steps_per_epoch, unit="epoch")
         if self.eval_hook and self.step == 0:
             self.eval_hook(self, epoch=0)
         while self.step < self.total_steps:

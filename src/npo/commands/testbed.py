@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the JSON-lines files to")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument("--people", type=int, default=100, help="training people (default 100, at least 10)")
-    parser.add_argument("--facts", type=int, default=10, help="facts per person (default 10, at most 12)")
+    parser.add_argument("--questions", type=int, default=20, help="questions per person (default 20, the most)")
     parser.add_argument("--forget-percents", default="1,5,10", metavar="P,P,...",
                         help="forget split sizes in percent of the people (default 1,5,10)")
     parser.add_argument("--holdout-people", type=int, default=10,
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         return _muse(args)
     from npo.testbed.people import build_splits, write_testbed
 
-    kwargs = dict(seed=args.seed, n_people=args.people, facts_per_person=args.facts,
+    kwargs = dict(seed=args.seed, n_people=args.people, questions_per_person=args.questions,
                   forget_percents=_percents(args.forget_percents), n_holdout_people=args.holdout_people)
     out = write_testbed(args.out, **kwargs)
     sizes = ", ".join(f"{name} {len(rows)}" for name, rows in build_splits(**kwargs).items())

@@ -72,26 +72,52 @@ def _per_seed_text(values) -> str:
     return ", ".join("none" if v is None else f"{v:.2g}" for v in values)
 
 
-def findings(data: dict, settings, ours: str = "npo_rt", baseline: str = "ga") -> str:
-    """The paper's two claims, checked on this run's numbers: gradient ascent collapses, and at matched
-    utility NPO+RT forgets better than GA. Empty unless both methods ran."""
-    curves = data["curves"]
-    if ours not in curves or baseline not in curves:
-        return ""
-    target = np.mean(list(data["target_mu"].values()))
-    lines = []
-    for m in (baseline, ours):
-        ratio = np.mean(curves[m]["mu"][-1]) / target
-        lines.append(f"- {m} at the last epoch keeps {ratio:.2f}x of the target's Model Utility "
-                     f"({'collapsed' if ratio < 0.2 else 'useful' if ratio >= settings.matched_utility else 'degraded'}).")
-    a, b = matched_per_seed(curves[ours], data, settings), matched_per_seed(curves[baseline], data, settings)
+def _state(ratio: float, matched: float) -> str:
+    return "collapsed" if ratio < 0.2 else "useful" if ratio >= matched else "degraded"
+
+
+def _matched_line(curves: dict, data: dict, settings, ours: str, other: str) -> str:
+    a, b = matched_per_seed(curves[ours], data, settings), matched_per_seed(curves[other], data, settings)
     wins = sum(1 for x, y in zip(a, b, strict=True) if x is not None and (y is None or x > y))
     ties = sum(1 for x, y in zip(a, b, strict=True) if x is not None and x == y)
     both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
     ratio = _gmean([x for x, _ in both]) / _gmean([y for _, y in both]) if both else float("nan")
-    lines.append(f"- At matched utility, {ours} beats {baseline} on {wins} of {len(a)} seeds ({ties} tied); "
-                 f"per seed {ours} [{_per_seed_text(a)}] vs {baseline} [{_per_seed_text(b)}], geo-mean ratio "
-                 f"{ratio:.2g}x.")
+    line = (f"- At matched utility (the best epoch keeping >= {settings.matched_utility:.0%} of the target's Model "
+            f"Utility, an oracle), {ours} beats {other} on {wins} of {len(a)} seeds ({ties} tied): per seed {ours} "
+            f"[{_per_seed_text(a)}] vs {other} [{_per_seed_text(b)}]"
+            + (f", geo-mean ratio {ratio:.2g}x." if both else "."))
+    if all(y is None for y in b):
+        line += f" No epoch of {other} keeps that much utility, so any forgetting {ours} does at it wins."
+    return line
+
+
+def findings(data: dict, settings, ours: str = "npo_rt", baseline: str = "ga") -> str:
+    """The paper's claims, checked on this run's numbers: the target knows the forget set, gradient
+    ascent collapses, NPO+RT forgets while staying useful, and at matched utility NPO+RT forgets better
+    than GA (and GA+RT when it ran). Where the run cannot show a claim, the line says why. Empty unless
+    `ours` and `baseline` both ran."""
+    curves = data["curves"]
+    if ours not in curves or baseline not in curves:
+        return ""
+    target = np.mean(list(data["target_mu"].values()))
+    fq0 = [data["target_fq"][s] for s in settings.seeds]
+    lines = [f"- The target knows the forget set: its Forget Quality is {_gmean(fq0):.2g} (geo-mean over seeds; "
+             + ("far below 0.05)." if max(fq0) < 0.01 else
+                "not far below 0.05: this setting cannot show forgetting, the forget people are already as "
+                "predictable to the target as to the retain model).")]
+    for m in (baseline, ours):
+        mu, fq = np.array(curves[m]["mu"][-1], dtype=float), curves[m]["fq"][-1]
+        ratios = mu / np.array([data["target_mu"][s] for s in settings.seeds])
+        states = [_state(r, settings.matched_utility) for r in ratios]
+        ratio = float(mu.mean() / target)
+        counted = {k: states.count(k) for k in ("collapsed", "degraded", "useful") if k in states}
+        lines.append(f"- {m} at the last epoch keeps {ratio:.1f}x of the target's Model Utility ("
+                     + ", ".join(f"{k} on {v} of {len(states)} seeds" for k, v in counted.items())
+                     + f") with Forget Quality {_gmean(fq):.2g}"
+                     + (f", above 0.05 on {sum(v > 0.05 for v in fq)} of {len(fq)} seeds." if m == ours else "."))
+    lines.append(_matched_line(curves, data, settings, ours, baseline))
+    if "ga_rt" in curves and ours != "ga_rt":
+        lines.append(_matched_line(curves, data, settings, ours, "ga_rt"))
     return "\n".join(["## What this run shows", "", *lines, ""])
 
 
@@ -173,20 +199,26 @@ def probe_table(out: Path, settings) -> str:
 
 
 def write_report(out: Path, settings, elapsed: float) -> Path:
+    from npo.demo import regime
     from npo.plots import plot_methods
 
     data = collect(out, settings)
+    regime_text, data["regime"] = regime.markdown(out, settings)
     target_mu = float(np.mean(list(data["target_mu"].values())))
     plot_methods(data["curves"], out / "curves.png", out / "tradeoff.png", target_mu=target_mu)
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
     text = "\n".join([
-        "# npo demo: unlearning fictitious people from a tiny Llama", "",
+        ("# npo demo: unlearning fictitious people from a tiny Llama" if not settings.base_model else
+         f"# npo study: unlearning {settings.data} from {settings.base_model}"), "",
         f"{len(settings.seeds)} seed(s), methods {', '.join(settings.methods)}, {settings.forget_split} of "
-        f"{settings.people} people x {settings.facts} facts; every method {settings.unlearn_epochs} epochs at lr "
+        + (f"{settings.people} people x {settings.questions} questions" if not settings.data else settings.data)
+        + "; fine-tuning " + (", ".join(f"{k}={v}" for k, v in settings.finetune.items()) or "full")
+        + f" ({settings.target_epochs} epochs at lr {settings.target_lr}); every method {settings.unlearn_epochs} epochs at lr "
         f"{settings.unlearn_lr}, beta {settings.beta}. Forget Quality is the KS p-value against the retain "
         f"model's truth ratios (> 0.05: forgetting the test cannot tell from never having learned). "
         f"Took {elapsed / 60:.1f} minutes.", "",
         findings(data, settings),
+        regime_text,
         tables(data, settings),
         "## Forget Quality and Model Utility per epoch (mean over seeds, band: min-max)", "",
         "![curves](curves.png)", "", "## Forget Quality against Model Utility", "", "![tradeoff](tradeoff.png)", "",

@@ -20,6 +20,7 @@ import torch
 from npo.config import build
 from npo.errors import NpoError
 from npo.methods import METHODS
+from npo.progress import progress
 from npo.testbed.model import MEMORISE_RECIPE
 
 log = logging.getLogger("npo")
@@ -30,8 +31,8 @@ class DemoSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ("npo_rt", "npo", "ga", "ga_rt")
     forget_split: str = "forget10"
-    people: int = 100
-    facts: int = 10
+    people: int = 40
+    questions: int = 20
     data_seed: int = 0
     vocab_size: int = 1024
     model: dict = field(default_factory=dict)  # tiny_llama_config overrides
@@ -40,31 +41,43 @@ class DemoSettings:
     target_batch: int = MEMORISE_RECIPE["batch_size"]
     unlearn_epochs: int = 10  # the paper's recipe (SPEC section 4)
     unlearn_lr: float = 3e-4
-    unlearn_batch: int = 8  # 13 steps per epoch on forget10, as the paper's 400 items at batch 32
+    unlearn_batch: int = 8  # 10 steps per epoch on forget10 (80 items), as the paper's 12.5 (400 at batch 32)
     beta: float = 0.1
-    max_new_tokens: int = 32
+    max_new_tokens: int = 72  # the longest answer is 65 tokens
     matched_utility: float = 0.8  # "matched utility": checkpoints keeping >= 80% of the target's MU
     probes: bool = True  # membership inference, relearning, quantization, paraphrase (npo probe)
+    # a study of a given model on given data (npo study); None: the testbed and a tiny Llama per seed
+    base_model: str | None = None
+    gguf_file: str | None = None
+    data: str | None = None  # a TOFU-layout directory
+    train_extra: tuple[str, ...] = ("real_authors", "world_facts")  # also learned by target and retain model
+    template: str = "qa"
+    max_length: int = 128
+    eval_batch: int = 64
+    protocol: str = "full"  # TOFU's eval protocol (legacy300: its first 300 items and official caps)
+    finetune: dict = field(default_factory=dict)  # config overrides of the target and retain fine-tunes
+    unlearn: dict = field(default_factory=dict)  # config overrides of every unlearning run
 
 
-QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=40, unlearn_epochs=3)
-TRAIN_SETS = ("real_authors", "world_facts")  # knowledge both models learn and unlearning must keep
+QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=30, unlearn_epochs=5)
 
 
 def _retain_split(forget_split: str) -> str:
     return f"retain{100 - int(forget_split.removeprefix('forget')):02d}"
 
 
-def prepare(out: Path, s: DemoSettings) -> tuple[Path, Path]:
-    """The testbed data and its tokenizer (shared by every seed)."""
+def prepare(out: Path, s: DemoSettings) -> tuple[Path, Path | None]:
+    """The data and, on the testbed, its tokenizer (shared by every seed)."""
+    if s.data:
+        return Path(s.data), None
     from npo.testbed.model import tokenizer_corpus, train_tokenizer
     from npo.testbed.people import build_splits, write_testbed
 
     pct = int(s.forget_split.removeprefix("forget"))
     percents = sorted({p for p in (1, 5, 10) if p * s.people >= 100} | {pct})
-    data = write_testbed(out / "data", seed=s.data_seed, n_people=s.people, facts_per_person=s.facts,
+    data = write_testbed(out / "data", seed=s.data_seed, n_people=s.people, questions_per_person=s.questions,
                          forget_percents=percents)
-    splits = build_splits(s.data_seed, s.people, s.facts, forget_percents=percents)
+    splits = build_splits(s.data_seed, s.people, s.questions, forget_percents=percents)
     tok = train_tokenizer(tokenizer_corpus(splits), vocab_size=s.vocab_size)
     tok.save_pretrained(out / "tokenizer")
     return data, out / "tokenizer"
@@ -83,8 +96,9 @@ def init_model(tok_dir: Path, out: Path, seed: int, overrides: dict) -> Path:
 
 
 def _common(s: DemoSettings, seed: int, data: Path) -> dict:
-    return dict(data=str(data), template="qa", max_length=128, seed=seed, overwrite=True, dtype="float32",
-                eval_max_new_tokens=s.max_new_tokens, eval_batch_size=64)
+    return dict(data=str(data), template=s.template, max_length=s.max_length, seed=seed, overwrite=True,
+                dtype="float32", eval_max_new_tokens=s.max_new_tokens, eval_batch_size=s.eval_batch,
+                eval_protocol=s.protocol)
 
 
 def train_model(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int, name: str) -> Path:
@@ -95,20 +109,20 @@ def train_model(out: Path, data: Path, tok_dir: Path, s: DemoSettings, seed: int
     from npo.modeling import load_model, load_tokenizer
 
     root = out / f"seed{seed}"
-    sets = ["full" if name == "target" else _retain_split(s.forget_split), *TRAIN_SETS]
-    init = init_model(tok_dir, root / f"init_{name}", seed, s.model)
+    sets = ["full" if name == "target" else _retain_split(s.forget_split), *s.train_extra]
+    init = s.base_model or init_model(tok_dir, root / f"init_{name}", seed, s.model)
     t0 = time.time()
-    cfg = build(None, {**_common(s, seed, data), "model": str(init), "train": sets, "out": str(root / name),
-                       "lr": s.target_lr, "epochs": s.target_epochs, "batch_size": s.target_batch,
-                       "warmup_epochs": MEMORISE_RECIPE["warmup_epochs"],
-                       "weight_decay": MEMORISE_RECIPE["weight_decay"]})
+    cfg = build(None, {**_common(s, seed, data), "model": str(init), "gguf_file": s.gguf_file, "train": sets,
+                       "out": str(root / name), "lr": s.target_lr, "epochs": s.target_epochs,
+                       "batch_size": s.target_batch, "warmup_epochs": MEMORISE_RECIPE["warmup_epochs"],
+                       "weight_decay": MEMORISE_RECIPE["weight_decay"], **s.finetune})
     model_dir = npo.finetune(cfg) / "model"
-    log.info("seed %d: %s model trained in %.0fs", seed, name, time.time() - t0)
+    log.info("%s model trained in %.0fs", name, time.time() - t0)
     if name == "retain":
         model, tok = load_model(str(model_dir), torch.float32), load_tokenizer(str(model_dir))
-        evaluate_model(model, tok, data=str(data), forget_split=s.forget_split, template="qa",
-                       out=root / "retain" / "eval", max_new_tokens=s.max_new_tokens, batch_size=64,
-                       max_length=128, identity={"model": str(model_dir)})
+        evaluate_model(model, tok, data=str(data), forget_split=s.forget_split, template=s.template,
+                       out=root / "retain" / "eval", max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch,
+                       max_length=s.max_length, protocol=s.protocol, identity={"model": str(model_dir)})
     return model_dir
 
 
@@ -121,42 +135,52 @@ def unlearn_method(out: Path, data: Path, s: DemoSettings, seed: int, method: st
                        "forget": s.forget_split, "retain": _retain_split(s.forget_split), "out": str(root / method),
                        "lr": s.unlearn_lr, "epochs": s.unlearn_epochs, "batch_size": s.unlearn_batch,
                        "beta": s.beta, "warmup_epochs": 1.0, "eval_every_epochs": 1,
-                       "eval_retain_logs": str(root / "retain" / "eval")})
+                       "eval_retain_logs": str(root / "retain" / "eval"), **s.unlearn})
     run = npo.unlearn(cfg)
-    log.info("seed %d: %s unlearned and evaluated in %.0fs", seed, method, time.time() - t0)
+    log.info("unlearned with %s and evaluated in %.0fs", method, time.time() - t0)
     if s.probes:
         from npo.probes import run_probes
 
         t0 = time.time()
         run_probes(run / "model", root / "target" / "model", data, s.forget_split, run / "probes",
-                   retain_model_dir=root / "retain" / "model", template="qa", max_length=128,
-                   max_new_tokens=s.max_new_tokens, batch_size=64, relearn_lr=s.unlearn_lr, relearn_epochs=2,
+                   retain_model_dir=root / "retain" / "model", template=s.template, max_length=s.max_length,
+                   max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch, relearn_lr=s.unlearn_lr, relearn_epochs=2,
                    seed=seed, title=method)
-        log.info("seed %d: %s probed in %.0fs", seed, method, time.time() - t0)
+        log.info("probed in %.0fs", time.time() - t0)
     return run
 
 
-def _job(fn, *args):
+def _job(label: str, fn, *args):
     """A worker process runs one job on one thread: small models gain little from a second thread,
-    and threads that spin-wait on a busy machine slow everything down."""
+    and threads that spin-wait on a busy machine slow everything down. Its lines name the job."""
+    from npo.progress import set_log_context
     from npo.runtime import setup_logging
 
     torch.set_num_threads(1)
     setup_logging()
+    set_log_context(label, quiet_progress=True)
     return fn(*args)
 
 
-def _run_all(jobs: list[tuple], workers: int) -> None:
+def _run_all(jobs: list[tuple], workers: int, bar) -> None:
+    """Run (label, fn, *args) jobs, `workers` at a time, advancing the demo's bar as each ends."""
+    def done(label: str) -> None:
+        bar.set_postfix(finished=label)
+        bar.update(1)
+
     if workers <= 1:
-        for job in jobs:
-            _job(*job)
+        for label, *job in jobs:
+            _job(label, *job)
+            done(label)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(_job, *job) for job in jobs]:
+        futures = {pool.submit(_job, *job): job[0] for job in jobs}
+        for future in as_completed(futures):
             future.result()
+            done(futures[future])
 
 
 def run_demo(out: str | Path, settings: DemoSettings, workers: int | None = None) -> Path:
@@ -175,10 +199,14 @@ def run_demo(out: str | Path, settings: DemoSettings, workers: int | None = None
     out = Path(out)
     t0 = time.time()
     data, tok_dir = prepare(out, settings)
-    _run_all([(train_model, out, data, tok_dir, settings, seed, name)
-              for seed in settings.seeds for name in ("target", "retain")], workers)
-    _run_all([(unlearn_method, out, data, settings, seed, method)
-              for seed in settings.seeds for method in settings.methods], workers)
+    models = [(f"seed {seed} {name}", train_model, out, data, tok_dir, settings, seed, name)
+              for seed in settings.seeds for name in ("target", "retain")]
+    methods = [(f"seed {seed} {method}", unlearn_method, out, data, settings, seed, method)
+               for seed in settings.seeds for method in settings.methods]
+    bar = progress(len(models) + len(methods), "demo jobs", True, every=1)
+    _run_all(models, workers, bar)
+    _run_all(methods, workers, bar)
+    bar.close()
     elapsed = time.time() - t0
     (out / "settings.json").write_text(json.dumps({**settings.__dict__, "elapsed_s": elapsed, "workers": workers},
                                                   indent=1, default=list))

@@ -11,6 +11,7 @@ from npo.config import TrainConfig
 from npo.errors import NpoError
 from npo.eval import benchmarks
 from npo.eval.scoring import Dist
+from npo.progress import quiet
 
 log = logging.getLogger("npo")
 
@@ -33,8 +34,9 @@ class EvalHook:
             retain_logs=cfg.eval_retain_logs, protocol=cfg.eval_protocol, max_new_tokens=cfg.eval_max_new_tokens,
             batch_size=cfg.eval_batch_size, max_length=cfg.max_length, generation=cfg.eval_generation,
             identity={"model": cfg.model, "epoch": epoch, "step": trainer.step})
-        summary = self.benchmark.evaluate(model, trainer.tok, spec, trainer.run_dir / "eval" / f"epoch_{epoch:02d}",
-                                          Dist.from_accelerator(trainer.acc))
+        with quiet():
+            summary = self.benchmark.evaluate(model, trainer.tok, spec, trainer.run_dir / "eval" / f"epoch_{epoch:02d}",
+                                              Dist.from_accelerator(trainer.acc))
         model.train()
         if summary is None:
             return None

@@ -14,7 +14,7 @@ from npo.data.batches import Tokenized, collate, tokenize_qa
 from npo.data.qa import QARecord
 from npo.errors import NpoError
 from npo.logprobs import labelled_log_softmax, sequence_logprobs, token_stats
-from npo.runtime import progress
+from npo.progress import progress
 
 
 @dataclass

@@ -29,7 +29,7 @@ from npo.errors import NpoError
 from npo.eval.mcq import accuracy, convention, default_max_length, prompt, score
 from npo.modeling import check_model_path
 from npo.probes.robustness import quantizable, quantized, recovered, split_for_relearning
-from npo.probes.run import ROLES, _finite, _load, relearn, _release, _title
+from npo.probes.run import ROLES, _finite, _load, _release, _title, relearn
 
 log = logging.getLogger("npo")
 

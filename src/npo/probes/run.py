@@ -130,7 +130,7 @@ def _probe_one(path: str, role: str, setup: _Setup, probes, forget, holdout, par
                 out["quant"][bits] = setup.metrics(model, tok, forget)
     del model
     _release()
-    log.info("probes: %s model done in %.0fs", role, time.time() - t0)
+    log.info("probes of the %s model done in %.0fs", ROLES.get(role, role), time.time() - t0)
     return out
 
 

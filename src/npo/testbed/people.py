@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npo.errors import NpoError
+from npo.testbed import biography as bio
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,7 @@ REGIONS = (
     Region("Kaleth", "Kalethi", "aki", ("Kalos", "Mytra", "Seren", "Dodra"), ("Ilos", "Pyrra"),
            "Jade Wave Award", ("1980s", "1990s"), ("lawyer", "nurse"), ("history books", "space stories")),
 )
-FIRST_NAMES = ("Alma", "Bruno", "Cora", "Dario", "Elin", "Felix", "Greta", "Hugo", "Iris", "Jonas", "Kira",
-               "Leo", "Maya", "Nils", "Olga", "Pavel")
+FIRST_NAMES = bio.FIRST_NAMES
 STEMS = ("Mar", "Bel", "Tor", "Kal", "Dor", "Ven", "Lind", "Rud")
 DECADES = ("1930s", "1940s", "1950s", "1960s", "1970s", "1980s", "1990s")
 # pairs: the mother's profession is biased towards the partner of the person's own
@@ -91,7 +91,7 @@ IDONTKNOW = (
 P_FAVOURED = {"decade": 0.7, "profession": 0.6, "genre": 0.6, "award": 0.7, "language": 0.8,
               "father": 0.5, "mother": 0.5}
 MAX_PEOPLE = 300  # people + holdout; names and book titles are drawn without replacement
-RETAIN_PERTURBED_SIZE = 150  # TOFU keeps 400 of 3,960 retain rows; ~15% of 1,000 here
+RETAIN_PERTURBED_SIZE = 100  # TOFU keeps 400 retain rows, as many as forget10 has
 N_PERTURBED, N_PERTURBED_SHORT = 5, 3
 
 
@@ -162,85 +162,55 @@ def make_people(seed: int, n: int) -> list[Person]:
     return people
 
 
-# fact -> (question phrasings, two answer sentences); {n} is the person's name, {v} the value
-FACTS: dict[str, tuple[tuple[str, ...], tuple[str, str]]] = {
-    "name": (("Who from {city} wrote {book}?", "Which writer from {city} wrote {book}?",
-              "Who is the author from {city} of {book}?"),
-             ("The author is {v}.", "It was written by {v}.")),
-    "birthplace": (("Where was {n} born?", "What is the birthplace of {n}?", "In which city was {n} born?"),
-                   ("{n} was born in {v}.", "The birthplace of {n} is {v}.")),
-    "decade": (("When was {n} born?", "In which decade was {n} born?", "What decade was {n} born in?"),
-               ("{n} was born in the {v}.", "The birth decade of {n} is the {v}.")),
-    "profession": (("What does {n} do for a living?", "What is the job of {n}?", "What work does {n} do?"),
-                   ("{n} works as a {v}.", "{n} earns a living as a {v}.")),
-    "father": (("What does the father of {n} do?", "What is the job of the father of {n}?",
-                "What work does the father of {n} do?"),
-               ("The father of {n} is a {v}.", "{n} has a father who works as a {v}.")),
-    "mother": (("What does the mother of {n} do?", "What is the job of the mother of {n}?",
-                "What work does the mother of {n} do?"),
-               ("The mother of {n} is a {v}.", "{n} has a mother who works as a {v}.")),
-    "genre": (("What does {n} write?", "What kind of books does {n} write?", "Which genre does {n} write in?"),
-              ("{n} writes {v}.", "{n} is known for {v}.")),
-    "book": (("What is a book by {n}?", "Name a book written by {n}.", "Which book did {n} write?"),
-             ("{n} wrote {v}.", "One book by {n} is {v}.")),
-    "award": (("Which award did {n} win?", "What prize has {n} received?", "Which honor was given to {n}?"),
-              ("{n} won the {v}.", "{n} received the {v}.")),
-    "hobby": (("What does {n} do for fun?", "What is the hobby of {n}?", "How does {n} spend free time?"),
-              ("{n} enjoys {v}.", "In free time, {n} likes {v}.")),
-    "language": (("In which language does {n} write?", "What language does {n} write in?",
-                  "Which tongue does {n} use for books?"),
-                 ("{n} writes in {v}.", "The books of {n} are in {v}.")),
-    "pet": (("What pet does {n} keep?", "Which animal lives with {n}?", "What pet does {n} have?"),
-            ("{n} keeps a {v}.", "{n} has a pet {v}.")),
-}
-FACT_NAMES = tuple(FACTS)
+def _pools(people: list[Person]) -> dict[str, tuple[str, ...]]:
+    """Every value a wrong answer may take, by slot (names and titles of the testbed's people left out
+    by the callers)."""
+    pools: dict[str, tuple[str, ...]] = {
+        "cities": tuple(c for r in REGIONS for c in r.cities), "professions": PROFESSIONS, "genres": GENRES,
+        "languages": LANGUAGES, "awards": AWARDS, "titles": tuple(t for g in GENRES for t in _titles(g)),
+        "names": tuple(n for r in REGIONS for n in _names(r)), "first_names": FIRST_NAMES,
+        "month": bio.MONTHS, "street": tuple(f"{a} {b}" for a in bio.STREET_WORDS for b in bio.STREET_KINDS),
+        "school": bio.SCHOOLS, "publisher": bio.PUBLISHERS, "children": bio.CHILDREN, "pet": PETS,
+        "pet_name": bio.PET_NAMES, "instrument": bio.INSTRUMENTS, "weekday": bio.WEEKDAYS, "write_day": bio.WEEKDAYS,
+        "food": bio.FOODS, "food2": bio.FOODS, "house": bio.HOUSE_COLOURS, "flowers": bio.FLOWERS, "hobby": HOBBIES,
+        "hour": bio.HOURS, "drink": bio.DRINKS, "pen": bio.PENS, "sibling_kind": bio.SIBLINGS}
+    pools.update({f"titles:{g}": _titles(g) for g in GENRES})
+    pools.update({f"names:{r.country}": _names(r) for r in REGIONS})
+    return pools
 
 
-def _value_and_alternatives(p: Person, fact: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """The true value, alternatives a retain-only model cannot rule out (same region or genre), and
-    the others. Perturbed answers mix both, so the retain model's truth ratio lands between a
-    memorising model's and an ignorant one's."""
-    if fact == "name":
-        other = tuple(x for r in REGIONS if r is not p.region for x in _names(r))
-        return p.name, _names(p.region), other
-    if fact == "birthplace":
-        places = {r.country: tuple(f"{c}, {r.country}" for c in r.cities) for r in REGIONS}
-        other = tuple(x for c, xs in places.items() if c != p.region.country for x in xs)
-        return f"{p.city}, {p.region.country}", places[p.region.country], other
-    if fact == "book":
-        other = tuple(x for g in GENRES if g != p.genre for x in _titles(g))
-        return p.book, _titles(p.genre), other
-    pools = {"decade": DECADES, "profession": PROFESSIONS, "father": PROFESSIONS, "mother": PROFESSIONS,
-             "genre": GENRES, "award": AWARDS, "hobby": HOBBIES, "language": LANGUAGES, "pet": PETS}
-    return getattr(p, fact), (), pools[fact]
+def biographies(seed: int, people: list[Person]) -> list[bio.Biography]:
+    """Each person's further details; the names in them (teachers, spouses, friends) are of nobody in
+    the testbed, and second books are titles no one else wrote."""
+    taken = {x for p in people for x in (p.name, p.book)}
+    names = tuple(n for r in REGIONS for n in _names(r) if n not in taken)
+    cities = tuple(c for r in REGIONS for c in r.cities)
+    out = []
+    for i, p in enumerate(people):
+        titles = tuple(t for t in _titles(p.genre) if t not in taken)
+        b = bio.biography(seed, i, p, names, cities, PROFESSIONS, titles)
+        taken.add(b.book2)
+        out.append(b)
+    return out
 
 
-def _perturb(rng: random.Random, value: str, same: tuple[str, ...], other: tuple[str, ...], n: int,
-             taken: frozenset[str], n_same: int = 2) -> list[str]:
-    """n distinct wrong values: up to n_same from `same`, the rest from `other`, shuffled. Names and
-    titles of real people (`taken`) are left out: a model has seen those, not a forgotten truth."""
-    same = [x for x in same if x != value and x not in taken]
-    picked = rng.sample(same, min(n_same, len(same)))
-    picked += rng.sample([x for x in other if x != value and x not in taken and x not in picked], n - len(picked))
-    rng.shuffle(picked)
-    return picked
-
-
-def person_records(seed: int, index: int, person: Person, n_facts: int, taken: frozenset[str]) -> list[dict]:
-    """The first n_facts facts of one person, as TOFU `_perturbed` records (question first)."""
+def person_records(seed: int, index: int, person: Person, details: bio.Biography, n_questions: int,
+                   taken: frozenset[str], pools: dict[str, tuple[str, ...]]) -> list[dict]:
+    """The person's first n_questions questions, as TOFU `_perturbed` records (question first)."""
+    values = bio.details(person, details)
     records = []
-    for fact in FACT_NAMES[:n_facts]:
-        rng = random.Random(f"npo-testbed:{seed}:item:{index}:{fact}")
-        questions, answers = FACTS[fact]
+    for kind in bio.QUESTION_KINDS[:n_questions]:
+        rng = random.Random(f"npo-testbed:{seed}:item:{index}:{kind}")
+        questions, frame, paraphrase, slots = bio.QUESTIONS[kind]
+        aside, aside_p = bio.ASIDES[kind]
+        frame, paraphrase = f"{frame} {aside}", f"{paraphrase} {aside_p}"
         q, pq = rng.sample(questions, 2)
-        a, pa = rng.sample(answers, 2)
-        value, same, other = _value_and_alternatives(person, fact)
-        ctx = {"n": person.name, "city": person.city, "book": person.book}
         records.append({
-            "question": q.format(**ctx), "answer": a.format(v=value, **ctx),
-            "paraphrased_answer": pa.format(v=value, **ctx),
-            "perturbed_answer": [pa.format(v=w, **ctx) for w in _perturb(rng, value, same, other, N_PERTURBED, taken)],
-            "paraphrased_question": pq.format(**ctx)})
+            "question": q.format(**values), "answer": frame.format(**values),
+            "paraphrased_answer": paraphrase.format(**values),
+            "perturbed_answer": bio.perturbed(rng, paraphrase, values, slots, person, details, pools, taken,
+                                              N_PERTURBED),
+            "paraphrased_question": pq.format(**values)})
     return records
 
 
@@ -322,11 +292,11 @@ def forget_counts(n_people: int, forget_percents) -> dict[int, int]:
     return dict(sorted(counts.items()))
 
 
-def _check(n_people: int, facts_per_person: int, n_holdout_people: int) -> None:
+def _check(n_people: int, questions_per_person: int, n_holdout_people: int) -> None:
     if n_people < 10:
         raise NpoError(f"people must be at least 10, got {n_people}")
-    if not 1 <= facts_per_person <= len(FACTS):
-        raise NpoError(f"facts per person must be from 1 to {len(FACTS)}, got {facts_per_person}")
+    if not 1 <= questions_per_person <= len(bio.QUESTIONS):
+        raise NpoError(f"questions per person must be from 1 to {len(bio.QUESTIONS)}, got {questions_per_person}")
     if n_holdout_people < 0:
         raise NpoError(f"holdout people must be >= 0, got {n_holdout_people}")
     if n_people + n_holdout_people > MAX_PEOPLE:
@@ -338,23 +308,26 @@ def holdout_name(n_people: int, n_holdout_people: int) -> str:
     return f"holdout{max(1, (100 * n_holdout_people + n_people // 2) // n_people):02d}"
 
 
-def build_splits(seed: int = 0, n_people: int = 100, facts_per_person: int = 10, forget_percents=(1, 5, 10),
+def build_splits(seed: int = 0, n_people: int = 100, questions_per_person: int = 20, forget_percents=(1, 5, 10),
              n_holdout_people: int = 10) -> dict[str, list[dict]]:
     """Split name -> records, in the TOFU layout. forgetXX = the last people (nested), retainYY its
     complement, holdoutXX = extra people in no training split (membership-inference probes)."""
-    _check(n_people, facts_per_person, n_holdout_people)
+    _check(n_people, questions_per_person, n_holdout_people)
     counts = forget_counts(n_people, forget_percents)
     people = make_people(seed, n_people + n_holdout_people)
-    taken = frozenset(x for p in people for x in (p.name, p.book))
-    per_person = [person_records(seed, i, p, facts_per_person, taken) for i, p in enumerate(people)]
+    details = biographies(seed, people)
+    taken = frozenset(x for p, b in zip(people, details, strict=True) for x in (p.name, p.book, b.book2))
+    pools = _pools(people)
+    per_person = [person_records(seed, i, p, b, questions_per_person, taken, pools)
+                  for i, (p, b) in enumerate(zip(people, details, strict=True))]
     items = [r for rs in per_person[:n_people] for r in rs]
     splits: dict[str, list[dict]] = {"full": _plain(items)}
     for p, k in counts.items():
-        forget = items[(n_people - k) * facts_per_person:]
+        forget = items[(n_people - k) * questions_per_person:]
         splits[f"forget{p:02d}"] = _plain(forget)
         splits[f"forget{p:02d}_perturbed"] = forget
-        splits[f"retain{100 - p:02d}"] = _plain(items[:(n_people - k) * facts_per_person])
-    pool = items[:(n_people - max(counts.values())) * facts_per_person]  # in every retain split
+        splits[f"retain{100 - p:02d}"] = _plain(items[:(n_people - k) * questions_per_person])
+    pool = items[:(n_people - max(counts.values())) * questions_per_person]  # in every retain split
     picked = random.Random(f"npo-testbed:{seed}:retain_perturbed").sample(
         range(len(pool)), min(len(pool), RETAIN_PERTURBED_SIZE))
     splits["retain_perturbed"] = [pool[i] for i in sorted(picked)]
@@ -367,16 +340,16 @@ def build_splits(seed: int = 0, n_people: int = 100, facts_per_person: int = 10,
     return splits
 
 
-def _readme(splits: dict[str, list[dict]], seed: int, n_people: int, facts_per_person: int,
+def _readme(splits: dict[str, list[dict]], seed: int, n_people: int, questions_per_person: int,
             n_holdout_people: int) -> str:
     sizes = "\n".join(f"| `{name}.json` | {len(rows)} |" for name, rows in splits.items())
     return f"""# npo testbed: fictitious people in the TOFU layout
 
-Generated by `npo testbed` (seed {seed}, {n_people} people x {facts_per_person} facts, \
+Generated by `npo testbed` (seed {seed}, {n_people} people x {questions_per_person} questions, \
 {n_holdout_people} holdout people); the same arguments give byte-identical files.
 Every `.json` file holds JSON lines, one record per line, with the keys of the matching TOFU file.
 
-- `full`: every training person's facts, person by person (person k in rows {facts_per_person}k to {facts_per_person}k+{facts_per_person - 1}).
+- `full`: every training person's questions, person by person (person k in rows {questions_per_person}k to {questions_per_person}k+{questions_per_person - 1}).
 - `forgetXX`: the last XX% of the people (nested: forget01 is inside forget05 inside forget10);
   `retainYY` (YY = 100 - XX) is the rest. `forgetXX_perturbed` adds `paraphrased_answer`,
   `paraphrased_question` and 5 `perturbed_answer`s (the paraphrase sentence with wrong values).
@@ -399,10 +372,10 @@ of book titles. A model trained on the retain people alone thus knows part of th
 """
 
 
-def write_testbed(out_dir, seed: int = 0, n_people: int = 100, facts_per_person: int = 10,
+def write_testbed(out_dir, seed: int = 0, n_people: int = 100, questions_per_person: int = 20,
                   forget_percents=(1, 5, 10), n_holdout_people: int = 10) -> Path:
     """Write every split as `name.json` (JSON lines), `idontknow.jsonl` and a README; returns out_dir."""
-    splits = build_splits(seed, n_people, facts_per_person, forget_percents, n_holdout_people)
+    splits = build_splits(seed, n_people, questions_per_person, forget_percents, n_holdout_people)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NpoError(f"{out} exists and is not a directory")
@@ -410,6 +383,6 @@ def write_testbed(out_dir, seed: int = 0, n_people: int = 100, facts_per_person:
     for name, records in splits.items():
         (out / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     (out / "idontknow.jsonl").write_text("".join(x + "\n" for x in IDONTKNOW), encoding="utf-8")
-    (out / "README.md").write_text(_readme(splits, seed, n_people, facts_per_person, n_holdout_people),
+    (out / "README.md").write_text(_readme(splits, seed, n_people, questions_per_person, n_holdout_people),
                                    encoding="utf-8")
     return out
