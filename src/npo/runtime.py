@@ -19,6 +19,18 @@ import torch
 log = logging.getLogger("npo")
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a caller or a test may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(libraries: bool = True) -> None:
     """npo's one-line messages on stderr; `libraries`: also quiet transformers (which it imports)."""
     if libraries:
@@ -27,7 +39,7 @@ def setup_logging(libraries: bool = True) -> None:
         hf_logging.disable_progress_bar()  # per-file load/save bars drown npo's own progress
         hf_logging.set_verbosity_error()
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("npo: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -259,6 +259,7 @@ class Trainer:
                                                  cfg.seed + 1)
         self.step, self.skipped = 0, 0
         self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.saving = False
         self.signalled = 0  # the first SIGTERM/SIGINT received: stop at the next step boundary
         self.resumed = resume
         if resume:
@@ -430,9 +431,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         if self.main:
+            self.saving = True
             with self._writing(f"the checkpoint of step {self.step}"):
                 save_checkpoint(self.run_dir, self.acc.unwrap_model(self.scorer).model, self.optimizer,
                                 self.scheduler, self._state(), rng_state(), self.cache)
+            self.saving = False
         self.saved_step = self.step
         self.acc.wait_for_everyone()
 
@@ -548,5 +551,6 @@ class Trainer:
         """A second signal: stop mid-step; the atomic save keeps the last checkpoint whole."""
         kept = (f"the checkpoint of step {self.saved_step} is kept" if self.saved_step is not None
                 else "no checkpoint was saved yet")
-        raise Stopped(f"stopped during step {self.step + 1} of {self.total_steps} by a second "
-                      f"{signal.Signals(signum).name}; {kept}; resume with: {self.resume_command()}", 128 + signum)
+        where = f"while saving the checkpoint of step {self.step}" if self.saving else f"during step {self.step + 1}"
+        raise Stopped(f"stopped {where} of {self.total_steps} by a second {signal.Signals(signum).name}; {kept}; "
+                      f"resume with: {self.resume_command()}", 128 + signum)
