@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import npo
 from helpers import save_tiny_model, write_tofu_layout
 from npo import checkpoint as ckpt
+from npo import runguard
 from npo import train as train_module
 from npo.cli import main
 from npo.config import build
@@ -296,17 +297,17 @@ def test_full_disk_during_a_checkpoint(tiny, reference, tmp_path, monkeypatch, c
 
 def test_full_disk_while_saving_the_model_leaves_no_partial_model(tiny, reference, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real = train_module.save_model
+    real = runguard.save_model
 
     def save_model(model, tok, out, merge=True):
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.safetensors").write_bytes(b"\0" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(train_module, "save_model", save_model)
+    monkeypatch.setattr(runguard, "save_model", save_model)
     code, err = _cli(_args(tiny, run, "save_every_steps=5"), capsys)
     assert code == 2 and "cannot write the final model" in err and "checkpoint of step 10 is intact" in err, err
     assert not (run / "model").exists() and not (run / "done.json").exists() and not list(run.glob(".model-tmp*"))
-    monkeypatch.setattr(train_module, "save_model", real)
+    monkeypatch.setattr(runguard, "save_model", real)
     assert _cli(["unlearn", "--resume", str(run)], capsys)[0] == 0
     assert _same(_weights(reference), _weights(run))
 
@@ -335,3 +336,42 @@ def test_failed_start_leaves_no_empty_output_directory(tiny, tmp_path, capsys):
     code, err = _cli(_args((broken, data), run), capsys)
     assert code == 2 and "truncated or corrupted" in err, err
     assert not run.exists()
+
+
+def test_crashes_between_the_checkpoint_renames_never_lose_the_last_checkpoint(tiny, reference, tmp_path,
+                                                                               monkeypatch):
+    run = tmp_path / "run"
+    real = ckpt.os.rename
+
+    def crash_before_the_new_one_is_in_place(src, dst):
+        if str(dst).endswith("/checkpoint"):
+            raise _Crash
+        real(src, dst)
+    trainer = Trainer(_cfg(tiny, run, save_every_steps=2), METHODS["npo_rt"])
+    trainer.save_checkpoint = _second_call_crashes(trainer.save_checkpoint, monkeypatch,
+                                                   crash_before_the_new_one_is_in_place)
+    with pytest.raises(_Crash):  # the first save goes through; the second crashes between its renames
+        trainer.run()
+    assert not (run / "checkpoint").exists() and (run / ckpt.OLD / "state.json").exists()
+    # the resume starts from .checkpoint-old (step 2); its first save crashes again before the rename
+    resumed = Trainer(_cfg(tiny, run, save_every_steps=2), METHODS["npo_rt"], resume=True)
+    assert resumed.step == 2 and not list(run.glob(".checkpoint-tmp-*"))  # the orphan was swept
+    monkeypatch.setattr(ckpt.os, "rename", crash_before_the_new_one_is_in_place)
+    with pytest.raises(_Crash):
+        resumed.run()
+    assert json.loads((run / ckpt.OLD / "state.json").read_text())["step"] == 2  # still there
+    monkeypatch.setattr(ckpt.os, "rename", real)
+    npo.unlearn(_cfg(tiny, run, save_every_steps=2), resume=True)
+    assert _steps(run) == list(range(1, 13)) and not (run / ckpt.OLD).exists()
+    assert _same(_weights(reference), _weights(run))
+
+
+def _second_call_crashes(save, monkeypatch, crashing_rename):
+    calls = []
+
+    def wrapped():
+        calls.append(1)
+        if len(calls) == 2:
+            monkeypatch.setattr(ckpt.os, "rename", crashing_rename)
+        save()
+    return wrapped

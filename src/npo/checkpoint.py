@@ -116,7 +116,7 @@ def sweep_temporary(run_dir: Path) -> None:
     for tmp in run_dir.glob(".checkpoint-*"):
         if tmp.name != OLD and tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-    for tmp in run_dir.glob(".model-tmp-*"):
+    for tmp in run_dir.glob(".model-tmp*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -142,10 +142,12 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, rng
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # at every point one complete checkpoint is in place: `checkpoint`, or `.checkpoint-old` (which a
+    # run resumed after a crash between the renames starts from, so it goes only once replaced)
     old = run_dir / OLD
-    if old.exists():
-        shutil.rmtree(old)
     if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
         os.rename(final, old)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)

@@ -15,9 +15,6 @@ import json
 import logging
 import math
 import re
-import shlex
-import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -25,25 +22,18 @@ import torch
 from accelerate.utils import DistributedType
 
 from npo import resume as resuming
-from npo.checkpoint import (
-    DONE_MARKER,
-    LOCK_FILE,
-    find_checkpoint,
-    load_checkpoint,
-    prepare_run_dir,
-    save_checkpoint,
-    write_failure,
-)
+from npo.checkpoint import find_checkpoint, load_checkpoint, prepare_run_dir, save_checkpoint
 from npo.config import TrainConfig, save
 from npo.data.batches import BatchStream, ShuffledStream, Tokenized
 from npo.data.sets import fixed_partners, load_sets
 from npo.data.templates import default_template
-from npo.errors import NpoError, Stopped
+from npo.errors import NpoError
 from npo.logprobs import Scorer
 from npo.methods import CACHED, Method
 from npo.micro import Micro
-from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab, save_model
+from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab
 from npo.reference import FrozenParams, OnlineReference, reference_logprobs, reference_token_logprobs
+from npo.runguard import RunGuard
 from npo.runtime import (
     StopSignals,
     env_info,
@@ -177,7 +167,7 @@ class _Terms:
         return self.total
 
 
-class Trainer:
+class Trainer(RunGuard):
     """Construction sets up everything in call order (devices, data, run directory, model, reference,
     optimizer, streams; a resumed run's checkpoint last); `run()` trains to the end. The run directory
     is locked from its creation until `close()`; a construction that fails removes a directory it
@@ -190,15 +180,6 @@ class Trainer:
         except BaseException:
             self.close(failed=True)
             raise
-
-    def close(self, failed: bool = False) -> None:
-        """Release the run directory's lock (and, after a failed start, remove the directory it made)."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-            leftover = {p.name for p in self.run_dir.iterdir()} - {LOCK_FILE} if self.run_dir.is_dir() else set()
-            if failed and self.created and not leftover:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _setup(self, cfg: TrainConfig, method: Method, resume: bool, eval_hook) -> None:
         setup_logging()
@@ -260,7 +241,6 @@ class Trainer:
         self.step, self.skipped = 0, 0
         self.saved_step: int | None = None  # the step of the checkpoint on disk
         self.saving = False
-        self.signalled = 0  # the first SIGTERM/SIGINT received: stop at the next step boundary
         self.resumed = resume
         if resume:
             self.restore(checkpoint)
@@ -439,18 +419,6 @@ class Trainer:
         self.saved_step = self.step
         self.acc.wait_for_everyone()
 
-    def resume_command(self) -> str:
-        return f"npo {'finetune' if self.primary == 'train' else 'unlearn'} --resume {shlex.quote(str(self.run_dir))}"
-
-    @contextlib.contextmanager
-    def _writing(self, what: str):
-        """A failed write (a full disk) as one line: what failed, what is kept, how to go on."""
-        try:
-            yield
-        except OSError as err:
-            raise NpoError(f"{write_failure(err, what, self.run_dir)}; free space and resume with: "
-                           f"{self.resume_command()}") from None
-
     def restore(self, path: Path | None) -> None:
         if path is None:
             log.info("no checkpoint in %s: starting from the beginning", self.run_dir)
@@ -517,40 +485,3 @@ class Trainer:
                 self._save_final()
             self.acc.wait_for_everyone()
         return self.run_dir
-
-    def _save_final(self) -> None:
-        """RUN/model appears whole or not at all (written beside it, then renamed), then done.json."""
-        model = self.acc.unwrap_model(self.scorer).model
-        final, tmp = self.run_dir / "model", self.run_dir / ".model-tmp"
-        with self._writing("the final model"):
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                save_model(model, self.tok, tmp, merge=self.cfg.save_merged)
-                shutil.rmtree(final, ignore_errors=True)
-                tmp.rename(final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            write_json(self.run_dir / DONE_MARKER, {"steps": self.step, "skipped": self.skipped, "model": str(final)})
-
-    # -- stopping on a signal
-
-    def _stop_if_signalled(self) -> None:
-        """At a step boundary: after a SIGTERM/SIGINT (on any process), save a checkpoint and stop."""
-        signum = self.signals.received
-        if self.world > 1:  # every process stops at the same step
-            signum = int(self.acc.reduce(torch.tensor(signum, device=self.acc.device), "max"))
-        if not signum:
-            return
-        if self.saved_step != self.step:
-            self.save_checkpoint()
-        raise Stopped(f"stopped at step {self.step} of {self.total_steps} by {signal.Signals(signum).name}; "
-                      f"checkpoint saved; resume with: {self.resume_command()}", 128 + signum)
-
-    def _stop_now(self, signum: int) -> None:
-        """A second signal: stop mid-step; the atomic save keeps the last checkpoint whole."""
-        kept = (f"the checkpoint of step {self.saved_step} is kept" if self.saved_step is not None
-                else "no checkpoint was saved yet")
-        where = f"while saving the checkpoint of step {self.step}" if self.saving else f"during step {self.step + 1}"
-        raise Stopped(f"stopped {where} of {self.total_steps} by a second {signal.Signals(signum).name}; {kept}; "
-                      f"resume with: {self.resume_command()}", 128 + signum)
