@@ -59,6 +59,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "done.json").exists()
+    # the lock of the killed process went with it, so the resume below is not refused
     resumed = subprocess.run([sys.executable, "-m", "npo", "unlearn", "--resume", str(tmp_path / "killed")],
                              env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -68,6 +69,34 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 48
+
+
+def test_sigterm_stops_with_a_checkpoint_and_a_second_run_is_refused_meanwhile(tiny, tmp_path, capsys):
+    """A real process, a real SIGTERM (what a scheduler sends before SIGKILL): it stops at a step
+    boundary, saves, prints the resume command, exits 143; while it ran, a second run on its --out
+    (even with --overwrite) was refused naming its pid and removed nothing."""
+    model, data = tiny
+    run = tmp_path / "run"
+    cmd = _unlearn_cmd(model, data, run, "--epochs", "2000")  # far longer than the test waits
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read()
+    try:
+        code, err = _run_cli(cmd[3:] + ["--overwrite"], capsys)
+        assert code == 2 and f"in use by another npo process (pid {proc.pid})" in err, err
+        assert (run / "config.yaml").exists() and metrics.exists()
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    last = stderr.strip().splitlines()[-1]
+    step = json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+    assert last == (f"npo unlearn: stopped at step {step} of 8000 by SIGTERM; checkpoint saved; "
+                    f"resume with: npo unlearn --resume {run}")
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == list(range(1, step + 1))
 
 
 def _cfg(tiny, out, **kw):

@@ -20,3 +20,12 @@ class DataError(NpoError):
 
 class ConfigError(NpoError):
     """Invalid configuration: names the key and, where known, the file."""
+
+
+class Stopped(NpoError):
+    """A run stopped on request (SIGTERM, Ctrl-C): the message says where and how to resume; the CLI
+    exits with `code` (128 + the signal's number, as a shell reports a process it signalled)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code

@@ -43,14 +43,23 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
-def _check_weights(path: Path, allow_pickle: bool) -> None:
+def _check_weights(path: Path, allow_pickle: bool, pickle_option: str) -> None:
     if not path.is_dir():
         return
     if any(path.glob("*.safetensors")) or any(path.glob("*.gguf")) or allow_pickle:
         return
     if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
         raise NpoError(f"{path}: holds only pickle weights (.bin/.pt), which can run code when loaded; "
-                       "convert them to safetensors or pass allow_pickle=true if you trust the source")
+                       f"convert them to safetensors or pass {pickle_option} if you trust the source")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
+
+
+def _one_line(err: Exception) -> str:
+    """A library's multi-line message on one line, whole (its first line alone can stop mid-sentence)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 def check_model_path(name: str) -> None:
@@ -67,22 +76,29 @@ def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: b
     kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    local = Path(name).expanduser()
+    if local.is_dir() and not gguf_file and not any((local / f).exists() for f in TOKENIZER_FILES):
+        raise NpoError(f"cannot load tokenizer '{name}': the directory holds no tokenizer files (none of "
+                       f"{', '.join(TOKENIZER_FILES)}); pass the tokenizer's directory as tokenizer=DIR")
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as err:
-        raise NpoError(f"cannot load tokenizer '{name}': {err}".splitlines()[0]) from None
+    except (OSError, ValueError, KeyError) as err:
+        raise NpoError(f"cannot load tokenizer '{name}': {_one_line(err)}") from None
     ensure_pad_token(tok)
     return tok
 
 
 def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trust_remote_code: bool = False,
-               allow_pickle: bool = False, attn: str = "sdpa"):
+               allow_pickle: bool = False, attn: str = "sdpa", pickle_option: str = "allow_pickle=true"):
     """A causal LM from a directory or hub id; a GGUF file is dequantised into a plain model so that
-    it trains and saves like any other."""
+    it trains and saves like any other. `pickle_option`: how the caller's user allows pickle weights."""
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     check_model_path(name)
-    _check_weights(Path(name).expanduser(), allow_pickle)
+    _check_weights(Path(name).expanduser(), allow_pickle, pickle_option)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -90,8 +106,15 @@ def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trus
         kwargs["use_safetensors"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as err:
-        raise NpoError(f"cannot load model '{name}': {str(err).splitlines()[0]}") from None
+    except pickle.UnpicklingError:
+        raise NpoError(f"cannot load model '{name}': its pickle weights hold objects other than tensors, which "
+                       "torch refuses to load (weights_only=True) because they can run code; convert the "
+                       "weights to safetensors") from None
+    except SafetensorError as err:
+        raise NpoError(f"cannot load model '{name}': a safetensors weights file is truncated or corrupted "
+                       f"({_one_line(err)})") from None
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+        raise NpoError(f"cannot load model '{name}': {_one_line(err)}") from None
     if gguf_file:  # dequantised weights in a plain model (a GGUF-loaded one cannot be saved)
         config = copy.deepcopy(model.config)
         if hasattr(config, "quantization_config"):

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import random
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
 log = logging.getLogger("npo")
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a caller or a test may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def setup_logging(libraries: bool = True) -> None:
@@ -24,7 +39,7 @@ def setup_logging(libraries: bool = True) -> None:
         hf_logging.disable_progress_bar()  # per-file load/save bars drown npo's own progress
         hf_logging.set_verbosity_error()
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("npo: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -89,4 +104,57 @@ def env_info(seed: int, device, dtype, dtype_reason: str, world_size: int) -> di
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    """Written atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def check_out_dir(out: str | Path, what: str = "output directory") -> Path:
+    """Refuse an output path that cannot become a directory, before any slow work and without
+    writing anything: an existing file, a dangling link, a parent that is a file or read-only."""
+    from npo.errors import NpoError
+
+    path = Path(out).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise NpoError(f"{what} {path} is a symbolic link to nothing (dangling, or a loop)")
+    if path.exists() and not path.is_dir():
+        raise NpoError(f"{what} {path} exists and is not a directory")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NpoError(f"{what} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NpoError(f"cannot write to {what} {path}: {parent} is not writable")
+    return path
+
+
+class StopSignals:
+    """While training: the first SIGTERM or SIGINT only sets `received` (the loop stops at the next
+    step boundary and saves a checkpoint; schedulers send SIGTERM some time before SIGKILL); a second
+    one calls `now(signum)`, which raises. Installed only in the main thread; the previous handlers
+    come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, now, step=lambda: 0):
+        self.now, self.step, self.received, self.previous = now, step, 0, {}
+
+    def _handle(self, signum, frame):
+        if self.received:
+            self.now(signum)
+            return
+        self.received = signum
+        log.warning("%s received: stopping after step %d, with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name, self.step() + 1)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False

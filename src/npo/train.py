@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 
-from npo.checkpoint import DONE_MARKER, find_checkpoint, load_checkpoint, prepare_run_dir, save_checkpoint
+from npo import resume as resuming
+from npo.checkpoint import find_checkpoint, load_checkpoint, prepare_run_dir, save_checkpoint
 from npo.config import TrainConfig, save
 from npo.data.batches import BatchStream, ShuffledStream, Tokenized
 from npo.data.sets import fixed_partners, load_sets
@@ -30,10 +31,12 @@ from npo.errors import NpoError
 from npo.logprobs import Scorer
 from npo.methods import CACHED, Method
 from npo.micro import Micro
-from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab, save_model
+from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab
 from npo.progress import progress
 from npo.reference import FrozenParams, OnlineReference, reference_logprobs, reference_token_logprobs
+from npo.runguard import RunGuard
 from npo.runtime import (
+    StopSignals,
     env_info,
     make_accelerator,
     rng_state,
@@ -164,11 +167,21 @@ class _Terms:
         return self.total
 
 
-class Trainer:
+class Trainer(RunGuard):
     """Construction sets up everything in call order (devices, data, run directory, model, reference,
-    optimizer, streams; a resumed run's checkpoint last); `run()` trains to the end."""
+    optimizer, streams; a resumed run's checkpoint last); `run()` trains to the end. The run directory
+    is locked from its creation until `close()`; a construction that fails removes a directory it
+    created, so a failed model load leaves no empty --out behind."""
 
     def __init__(self, cfg: TrainConfig, method: Method, resume: bool = False, eval_hook=None):
+        self.lock, self.created, self.main = None, False, True
+        try:
+            self._setup(cfg, method, resume, eval_hook)
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def _setup(self, cfg: TrainConfig, method: Method, resume: bool, eval_hook) -> None:
         setup_logging()
         self.cfg, self.method, self.eval_hook = cfg, method, eval_hook
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -181,7 +194,11 @@ class Trainer:
         self.tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.gguf_file, cfg.trust_remote_code)
         self.template = cfg.template or default_template(self.tok)
         self.sets = load_sets(cfg, method, self.tok, self.template)
-        self.run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume) if self.main else Path(cfg.out)
+        # a resume refuses changed settings (every process checks, so none waits for a failed one)
+        self.changed = resuming.changes(cfg.out, cfg) if resume else {}
+        self.run_dir = Path(cfg.out)
+        if self.main:
+            self.run_dir, self.lock, self.created = prepare_run_dir(cfg.out, cfg.overwrite, resume)
         self.acc.wait_for_everyone()
         if self.main:
             log.info("dtype %s (%s)", self.env["dtype"], reason)
@@ -222,6 +239,8 @@ class Trainer:
             self.streams["retain"] = BatchStream([len(e.input_ids) for e in self.sets["retain"]], self.window,
                                                  cfg.seed + 1)
         self.step, self.skipped = 0, 0
+        self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.saving = False
         self.resumed = resume
         if resume:
             self.restore(checkpoint)
@@ -392,8 +411,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         if self.main:
-            save_checkpoint(self.run_dir, self.acc.unwrap_model(self.scorer).model, self.optimizer,
-                            self.scheduler, self._state(), rng_state(), self.cache)
+            self.saving = True
+            with self._writing(f"the checkpoint of step {self.step}"):
+                save_checkpoint(self.run_dir, self.acc.unwrap_model(self.scorer).model, self.optimizer,
+                                self.scheduler, self._state(), rng_state(), self.cache)
+            self.saving = False
+        self.saved_step = self.step
         self.acc.wait_for_everyone()
 
     def restore(self, path: Path | None) -> None:
@@ -411,41 +434,55 @@ class Trainer:
             old = self.method_state[key]
             self.method_state[key] = torch.tensor(value, dtype=old.dtype) if isinstance(old, torch.Tensor) else value
         self.cache = cache or {}
+        self.saved_step = self.step
         set_rng_state(rng)
         log.info("resumed from %s at step %d of %d", path, self.step, self.total_steps)
 
     # -- run
 
     def run(self) -> Path:
+        """Train to the end; the run directory's lock is released however the run ends."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> Path:
         cfg = self.cfg
-        if not self.resumed and self.main:
-            save(cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "env.json", self.env)
         metrics_path = self.run_dir / "metrics.jsonl"
-        bar = progress(self.total_steps, "steps", self.main, initial=self.step, every=self.steps_per_epoch, unit="epoch")
-        if self.eval_hook and self.step == 0:
-            self.eval_hook(self, epoch=0)
-        while self.step < self.total_steps:
-            record = self.train_step()
-            if self.main:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.update(1)
-                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}")
-            at_epoch_end = self.step % self.steps_per_epoch == 0
-            epoch = self.step // self.steps_per_epoch
-            if self.eval_hook and at_epoch_end and cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0:
-                self.eval_hook(self, epoch=epoch)
-            every = cfg.save_every_steps
-            due = (every and self.step % every == 0) or (not every and at_epoch_end)
-            if due and self.step < self.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        self.acc.wait_for_everyone()
         if self.main:
-            model = self.acc.unwrap_model(self.scorer).model
-            save_model(model, self.tok, self.run_dir / "model", merge=cfg.save_merged)
-            write_json(self.run_dir / DONE_MARKER, {"steps": self.step, "skipped": self.skipped,
-                                                    "model": str(self.run_dir / "model")})
-        self.acc.wait_for_everyone()
+            with self._writing("the run's records"):
+                if self.resumed:  # the steps after the checkpoint run again: drop their records
+                    resuming.record(self.run_dir, cfg, self.changed, self.step)
+                    resuming.keep_steps(metrics_path, self.step)
+                    resuming.keep_steps(self.run_dir / "eval" / "history.jsonl", self.step if self.step else -1)
+                else:
+                    save(cfg, self.run_dir / "config.yaml")
+                    write_json(self.run_dir / "env.json", self.env)
+        with StopSignals(self._stop_now, lambda: self.step) as self.signals:
+            bar = progress(self.total_steps, "steps", self.main, initial=self.step, every=self.steps_per_epoch,
+                           unit="epoch")
+            if self.eval_hook and self.step == 0:
+                self.eval_hook(self, epoch=0)
+            while self.step < self.total_steps:
+                self._stop_if_signalled()
+                record = self.train_step()
+                if self.main:
+                    with self._writing("metrics.jsonl"), metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4g}")
+                at_epoch_end = self.step % self.steps_per_epoch == 0
+                epoch = self.step // self.steps_per_epoch
+                if self.eval_hook and at_epoch_end and cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0:
+                    self.eval_hook(self, epoch=epoch)
+                every = cfg.save_every_steps
+                due = (every and self.step % every == 0) or (not every and at_epoch_end)
+                if due and self.step < self.total_steps:
+                    self.save_checkpoint()
+            bar.close()
+            self.acc.wait_for_everyone()
+            if self.main:
+                self._save_final()
+            self.acc.wait_for_everyone()
         return self.run_dir

@@ -72,7 +72,20 @@ def _parse_file(path: Path) -> list:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(str(path), f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        if not isinstance(rows, list):
+            raise DataError(str(path), "expected a JSON array of records")
         return rows
+    if stripped.startswith("{") and "\n" in stripped.strip():
+        try:  # one object spread over several lines: a single record, or not records at all
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # JSON lines (or broken): the line-by-line reader says where
+        if isinstance(whole, dict):
+            if "question" in whole:
+                return [whole]
+            keys = ", ".join(list(whole)[:5]) + (", ..." if len(whole) > 5 else "")
+            raise DataError(str(path), f"is one JSON object (keys: {keys}), not QA records: expected a JSON "
+                                       "array of {question, answer} objects or one such object per line")
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -106,18 +119,32 @@ def load_hf(name: str, config: str | None = None, split: str = "train") -> list[
 def resolve(data: str | Path, split: str | None = None) -> Path | None:
     """The file that `data` (a file, or a TOFU-layout directory plus a split name) points at."""
     path = Path(data)
+    _check_link(path)
     if path.is_dir():
         if not split:
             raise DataError(str(path), "is a directory: give a split name such as 'forget10'")
         for suffix in (".json", ".jsonl"):
             candidate = path / f"{split}{suffix}"
+            _check_link(candidate)
             if candidate.exists():
                 return candidate
         known = sorted(p.stem for p in path.glob("*.json*"))
         raise DataError(str(path), f"no split '{split}' (found: {', '.join(known) or 'no .json files'})")
     if path.exists():
+        if split:  # a file holds one set: reading it for every split name would use it for all of them
+            raise DataError(str(path), f"is a file, so the split name '{split}' cannot be looked up in it: give "
+                                       "a TOFU-layout directory as 'data', or the set's file itself")
         return path
     return None
+
+
+def _check_link(path: Path) -> None:
+    """A link that leads nowhere (dangling, or a loop) is not 'missing': say what it is."""
+    if path.is_symlink() and not path.exists():
+        try:
+            path.stat()
+        except OSError as err:
+            raise DataError(str(path), f"is a symbolic link that cannot be followed: {err.strerror}") from None
 
 
 def load_qa(data: str | Path, split: str | None = None, require_nonempty: bool = True) -> list[QARecord]:

@@ -81,8 +81,28 @@ def _as_list(value: object, source: str, key: str) -> list:
                    f"not {type(value).__name__}")
 
 
+# the range each required statistic can take: losses are negative log-likelihoods (>= 0; +inf is a
+# collapsed model, kept); NaN is never a value, of a loss or a recall. A loss a little below 0 is
+# rounding (p = exp(-loss) barely above 1); a clearly negative one would give a "probability" above 1.
+LOSS_TOLERANCE = 1e-3
+RANGES = {"avg_gt_loss": "loss", "avg_paraphrased_loss": "loss", "average_perturb_loss": "loss",
+          "rougeL_recall": "recall"}
+
+
+def _check_range(x: float, source: str, key: str, i: int) -> None:
+    kind = RANGES.get(key)
+    if kind is None:
+        return
+    if math.isnan(x):
+        raise NpoError(f"{source}: key '{key}', item {i}: NaN is not a {kind} (the evaluation produced no value)")
+    if kind == "loss" and x < -LOSS_TOLERANCE:
+        raise NpoError(f"{source}: key '{key}', item {i}: a loss (negative log-likelihood) cannot be negative, "
+                       f"got {x}")
+
+
 def _check_numbers(values: list, source: str, key: str, nested: bool) -> None:
-    """Reject non-numbers and ragged perturbed lists now, with the item index, not deep in numpy."""
+    """Reject non-numbers, values out of their range and ragged perturbed lists now, with the item
+    index, not deep in numpy (or silently, as a probability above 1)."""
     width = None
     for i, v in enumerate(values):
         items = v if nested else [v]
@@ -96,6 +116,7 @@ def _check_numbers(values: list, source: str, key: str, nested: bool) -> None:
         for x in items:
             if isinstance(x, bool) or not isinstance(x, int | float):
                 raise NpoError(f"{source}: key '{key}', item {i}: not a number: {x!r}")
+            _check_range(float(x), source, key, i)
 
 
 # The NPO authors' evaluator run on 2 processes (their retain10/50/70/80 logs): each process handled
