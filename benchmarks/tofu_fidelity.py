@@ -7,9 +7,11 @@ on the bench model and TOFU data (docs/tofu.md quotes this script's output):
 - `kl=official` (every position of batches padded to max_length) against the answer-token KL: the
   same three numbers for the KL term alone, after a few steps of gradient ascent;
 - the prompt/answer boundary: how many TOFU items get different labels when the question is
-  tokenized alone (the original code) instead of read off the full text's offsets (npo).
+  tokenized alone (the original code) instead of read off the full text's offsets (npo);
+- `--caps`: npo eval's default caps against legacy300's official ones on given models.
 
-    .venv/bin/python benchmarks/tofu_fidelity.py [--tokenizer DIR_OR_GGUF_MODEL] [--gguf-file F]
+    .venv/bin/python benchmarks/tofu_fidelity.py [--tokenizer DIR_OR_GGUF_MODEL] [--gguf-file F] [--model DIR]
+    .venv/bin/python benchmarks/tofu_fidelity.py --caps MODEL [MODEL ...] --caps-data DATA
 """
 
 from __future__ import annotations
@@ -103,14 +105,41 @@ def boundaries(tok, data: Path, template: str) -> str:
     return f"{template}: {differ} of {len(records)} items of `full` start their labels elsewhere"
 
 
+def eval_caps(model_dir: Path, data: Path, template: str) -> str:
+    """`npo eval` under full and legacy300 on one model: identical generations, forget ROUGE, MU."""
+    from npo.eval.logs import load_log_dir
+    from npo.eval.tofu import evaluate_model
+    from npo.modeling import load_model, load_tokenizer
+
+    model, tok = load_model(str(model_dir), torch.float32), load_tokenizer(str(model_dir))
+    logs, summaries = {}, {}
+    for protocol in ("full", "legacy300"):
+        out = Path(tempfile.mkdtemp()) / protocol
+        summaries[protocol] = evaluate_model(model, tok, data=str(data), forget_split="forget10", template=template,
+                                             out=out, protocol=protocol, max_new_tokens=200, batch_size=64)
+        logs[protocol] = [g[1] for name, log in load_log_dir(out).items() for g in log["generated_text"]]
+    same = sum(a == b for a, b in zip(logs["full"], logs["legacy300"], strict=True))
+    a, b = summaries["full"], summaries["legacy300"]
+    return (f"{model_dir}: {same} of {len(logs['full'])} generations the same under full and legacy300; forget "
+            f"ROUGE-L {a['forget_rouge']:.3f} vs {b['forget_rouge']:.3f}, Model Utility {a['model_utility']:.4f} vs "
+            f"{b['model_utility']:.4f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", help="a tokenizer for the boundary count (e.g. a SmolLM2 GGUF directory)")
     p.add_argument("--gguf-file")
+    p.add_argument("--caps", nargs="+", type=Path, metavar="MODEL",
+                   help="compare npo eval's full and legacy300 caps on these models (with --caps-data, the qa template)")
+    p.add_argument("--caps-data", type=Path, help="the TOFU-layout data of --caps (e.g. a demo's data/)")
     p.add_argument("--model", type=Path, help="measure on this model (default: the random-weight bench model); "
                                               "benchmarks/bench_eval.py caches a trained one")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.caps:
+        for model in args.caps:
+            print(eval_caps(model, args.caps_data, "qa"))
+        return
     data = require_tofu()
     print("\n".join(schedules()))
     with tempfile.TemporaryDirectory() as tmp:

@@ -198,6 +198,18 @@ def probe_table(out: Path, settings) -> str:
     return "\n".join(rows + [""])
 
 
+def _audit_section(out: Path, settings) -> list[str]:
+    """The audit of the first seed's first method (npo audit; npo verify checks it)."""
+    run = out / f"seed{settings.seeds[0]}" / settings.methods[0]
+    text = (run / "audit" / "audit.md").read_text()
+    verdict = next((x for x in text.splitlines() if x.startswith("**Verdict")), "")
+    rel = (run / "audit").relative_to(out)
+    return [f"## An audit of the deletion ({settings.methods[0]}, seed {settings.seeds[0]})", "",
+            f"`npo audit` recorded the request with hashes of every item and model and checked the unlearned "
+            f"model against the retain model on every criterion of docs/audit.md: [{rel}/audit.md]({rel}/audit.md) "
+            f"(`npo verify {rel}` recomputes it).", "", verdict, ""]
+
+
 def write_report(out: Path, settings, elapsed: float) -> Path:
     from npo.demo import regime
     from npo.plots import plot_methods
@@ -223,6 +235,7 @@ def write_report(out: Path, settings, elapsed: float) -> Path:
         "## Forget Quality and Model Utility per epoch (mean over seeds, band: min-max)", "",
         "![curves](curves.png)", "", "## Forget Quality against Model Utility", "", "![tradeoff](tradeoff.png)", "",
         "## A forget question before and after", "", answers(out, settings), "",
+        *(_audit_section(out, settings) if settings.audit else []),
         *(["## Probes of the final models (mean over seeds; see docs/probes.md)", "",
            "Membership inference separates forget answers from answers about holdout people never trained on "
            "(AUC 0.5: no signal; the retain model's AUC in parentheses is what never having seen the data looks "

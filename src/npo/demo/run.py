@@ -46,6 +46,7 @@ class DemoSettings:
     max_new_tokens: int = 72  # the longest answer is 65 tokens
     matched_utility: float = 0.8  # "matched utility": checkpoints keeping >= 80% of the target's MU
     probes: bool = True  # membership inference, relearning, quantization, paraphrase (npo probe)
+    audit: bool = True  # an npo audit of the first seed's first method (audit.md, npo verify)
     # a study of a given model on given data (npo study); None: the testbed and a tiny Llama per seed
     base_model: str | None = None
     gguf_file: str | None = None
@@ -59,7 +60,7 @@ class DemoSettings:
     unlearn: dict = field(default_factory=dict)  # config overrides of every unlearning run
 
 
-QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=30, unlearn_epochs=5)
+QUICK = DemoSettings(seeds=(0,), methods=("npo_rt", "ga"), people=30, unlearn_epochs=5, audit=False)
 
 
 def _retain_split(forget_split: str) -> str:
@@ -147,6 +148,18 @@ def unlearn_method(out: Path, data: Path, s: DemoSettings, seed: int, method: st
                    max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch, relearn_lr=s.unlearn_lr, relearn_epochs=2,
                    seed=seed, title=method)
         log.info("probed in %.0fs", time.time() - t0)
+    if s.audit and seed == s.seeds[0] and method == s.methods[0]:
+        from dataclasses import replace as with_values
+
+        from npo.audit import TESTBED, run_audit, write_request
+
+        t0 = time.time()
+        request = write_request(run / "request.json", id=f"demo-{s.forget_split}-{method}", data=data,
+                                forget_split=s.forget_split)
+        audit = run_audit(request, root / "target" / "model", run / "model", run / "audit",
+                          retain_model=root / "retain" / "model", overwrite=True,
+                          settings=with_values(TESTBED, template=s.template, max_new_tokens=s.max_new_tokens))
+        log.info("audited in %.0fs: %s (audit %s...)", time.time() - t0, audit["overall"], audit["audit_sha256"][:12])
     return run
 
 

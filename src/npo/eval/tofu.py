@@ -44,6 +44,9 @@ def base_answer(set_name: str, rec: QARecord) -> str:
 # per batch, prompt included (so a batch's longest prompt decides how many tokens it generates).
 OFFICIAL_MAX_LENGTH = 200
 OFFICIAL_GENERATION_BATCH = 30
+# TOFU's own prompt formats; npo's others (qa: a prompt ending in a space) keep the prompt's tokens as
+# they stand in the training text, which tokenizing the prompt alone would change
+OFFICIAL_TEMPLATES = ("llama2-tofu", "tofu-qa")
 
 
 def item_log(set_name: str, records: list[QARecord], scores: dict, prompts: list[str],
@@ -107,10 +110,11 @@ def evaluate_sets(model, tok, template: str, sets: dict[str, list[QARecord]], *,
              for a in {r.answer, base_answer(name, r), *r.perturbed_answer}]
     scores = score_texts(model, tok, template, pairs, max_length, batch_size, device, rank=dist.rank)
     prompts = {name: [render_prompt(template, r.question, tok) for r in recs] for name, recs in shards.items()}
-    if official:
-        gens = {name: generate(model, tok, [tok(p)["input_ids"] for p in prompts[name]], 0, block, device,
-                               dist.rank, max_length=OFFICIAL_MAX_LENGTH, keep_order=True, sample_seed=sample_seed)
-                for name in shards}
+    if official:  # the prompt tokenized alone, as TOFU's code does, for the formats it has
+        ids = {name: ([tok(p)["input_ids"] for p in prompts[name]] if template in OFFICIAL_TEMPLATES
+                      else prompt_ids(tok, template, recs, max_length)) for name, recs in shards.items()}
+        gens = {name: generate(model, tok, ids[name], 0, block, device, dist.rank, max_length=OFFICIAL_MAX_LENGTH,
+                               keep_order=True, sample_seed=sample_seed) for name in shards}
     else:
         ids = {name: prompt_ids(tok, template, recs, max_length) for name, recs in shards.items()}
         flat = generate(model, tok, [p for name in shards for p in ids[name]], max_new_tokens, batch_size, device,
