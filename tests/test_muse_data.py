@@ -149,3 +149,17 @@ def test_a_json_corpus_item_that_is_not_text(small, tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "data_format=text"])
     assert code == 2
     assert f"{corpus}, item 2, field 'text': expected a string, got int" in capsys.readouterr().err
+
+
+def test_jsonl_corpus_is_one_sequence_per_line(tmp_path):
+    """WMDP's forget corpora: JSON lines of {"text": ...}, one sequence each, like a .json list."""
+    from npo.data.text import read_corpus
+
+    path = tmp_path / "bio.jsonl"
+    path.write_text('{"text": "first document"}\n\n"second document"\n')
+    assert read_corpus(path) == ["first document", "second document"]
+    path.write_text('{"text": "ok"}\n{"text": \n')
+    from npo.errors import DataError
+
+    with pytest.raises(DataError, match="line 2"):
+        read_corpus(path)

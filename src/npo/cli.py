@@ -19,7 +19,7 @@ from npo.errors import NpoError, Stopped
 COMMANDS: dict[str, tuple[str, str]] = {
     "unlearn": ("npo.commands.unlearn", "unlearn a forget set from a causal LM (NPO, GA, DPO, ...)"),
     "finetune": ("npo.commands.finetune", "fine-tune a causal LM on a QA set (plain NLL)"),
-    "eval": ("npo.commands.evaluate", "TOFU evaluation of a model: per-item logs and aggregate metrics"),
+    "eval": ("npo.commands.evaluate", "evaluate a model on a benchmark (TOFU, MUSE, multiple choice): logs and metrics"),
     "metrics": ("npo.commands.metrics", "TOFU aggregates (Model Utility, Forget Quality) from existing logs"),
     "testbed": ("npo.commands.testbed", "write the built-in dataset of fictitious people in the TOFU layout"),
     "demo": ("npo.commands.demo", "the whole pipeline offline on the built-in testbed, with a report"),

@@ -9,7 +9,7 @@ How MUSE's baselines cut text (muse_bench `baselines/dataset.py`), followed here
 - a `.txt` corpus is tokenised whole, without special tokens, and cut into non-overlapping chunks
   of `max_length - 1` tokens, each prefixed with BOS. The last, shorter chunk is filled by
   wrapping around to the first window (so it holds a second BOS in its middle). No EOS anywhere;
-- a `.json` list (strings, or objects with `text`) is one sequence per item, tokenised with BOS and
+- a `.json` list (strings, or objects with `text`), or a `.jsonl` file of them, is one sequence per item, tokenised with BOS and
   truncated to `max_length`. MUSE right-pads each item with EOS and labels the padding; here
   batches are padded dynamically and padding is never labelled.
 A tokenizer without BOS gets chunks of `max_length` tokens with no prefix. A single-window corpus
@@ -87,7 +87,16 @@ def read_corpus(path: str | Path) -> str | list[str]:
         return text
     if path.suffix == ".json":
         return text_items(read_json(path), str(path))
-    raise DataError(str(path), "a raw-text corpus must be a .txt file or a .json list of texts")
+    if path.suffix == ".jsonl":  # one text per line (WMDP's forget corpora: objects with `text`)
+        rows = []
+        for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(str(path), f"malformed JSON-lines at line {lineno}: {err.msg}", row=lineno) from None
+        return text_items(rows, str(path))
+    raise DataError(str(path), "a raw-text corpus must be a .txt file, a .json list of texts or .jsonl lines")
 
 
 def _hub_corpus(name: str, spec: str) -> tuple[str, str]:
