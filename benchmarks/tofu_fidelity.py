@@ -30,7 +30,7 @@ SPLITS = {"forget01": 40, "forget05": 200, "forget10": 400, "forget20": 800, "fo
 
 
 def schedules(window: int = 32, epochs: int = 10) -> list[str]:
-    from npo.train import schedule
+    from npo.optim import schedule
 
     lines = [f"{'split':<9} {'epochs: steps, warm-up, sum lr':>32} {'official: steps, warm-up, sum lr':>34}  ratio"]
     for split, n in SPLITS.items():

@@ -306,7 +306,7 @@ def test_official_data_order_and_weight_decay_groups():
 
     from helpers import make_model
     from npo.data.batches import ShuffledStream
-    from npo.train import param_groups
+    from npo.optim import param_groups
 
     stream = ShuffledStream(10, 4, seed=1001)
     loader = DataLoader(range(10), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1001))
