@@ -153,3 +153,12 @@ def save_model(model, tokenizer, out: Path, merge: bool = True) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+def load_for_scoring(path: str, device):
+    """A saved model and its tokenizer, in eval mode on `device`, in the dtype scoring uses there."""
+    tok = load_tokenizer(path)
+    dtype, _, _ = choose_dtype("auto", device.type)
+    model = load_model(path, dtype).to(device)
+    match_vocab(model, tok)
+    return model.eval(), tok

@@ -22,6 +22,7 @@ import torch
 
 from npo.audit.settings import AuditSettings
 from npo.data.qa import QARecord
+from npo.modeling import load_for_scoring
 from npo.probes import formats, mia
 from npo.probes.robustness import item_metrics, quantized, split_for_relearning
 
@@ -35,16 +36,6 @@ class Context:
     device: torch.device
     eval_sets: dict[str, list[QARecord]]  # TOFU's four sets, forget = the request's items
     item_sets: dict[str, list[QARecord]]  # "forget", "holdout"
-
-
-def load(path: str, device: torch.device):
-    from npo.modeling import choose_dtype, load_model, load_tokenizer, match_vocab
-
-    dtype, _, _ = choose_dtype("auto", device.type)
-    tok = load_tokenizer(path)
-    model = load_model(path, dtype).to(device)
-    match_vocab(model, tok)
-    return model.eval(), tok
 
 
 def release() -> None:
@@ -126,7 +117,7 @@ def collect_model(path: str, role: str, ctx: Context) -> tuple[dict, dict]:
 
     t0 = time.time()
     s = ctx.settings
-    model, tok = load(path, ctx.device)
+    model, tok = load_for_scoring(path, ctx.device)
     logs = evaluate_sets(model, tok, ctx.template, ctx.eval_sets, max_length=s.max_length,
                          max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
     items = probe_items(model, tok, ctx, role)
@@ -172,7 +163,7 @@ def relearn_items(paths: dict[str, str], adapter_bases: dict[str, str | None], c
                                 epochs=s.relearn_epochs, lr=s.relearn_lr, batch_size=s.relearn_batch_size,
                                 template=ctx.template, max_length=s.max_length, seed=s.seed,
                                 overrides=s.relearn_overrides, keep=False)
-            model, tok = load(str(relearned), ctx.device)
+            model, tok = load_for_scoring(str(relearned), ctx.device)
             held_recs = [forget[i] if i in held_set else None for i in range(len(forget))]
             if role == "after":
                 prob, rouge = _with_rouge(model, tok, ctx, held_recs)

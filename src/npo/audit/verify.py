@@ -106,10 +106,10 @@ def _rescore(directory: Path, record: dict, model: str | None) -> list[tuple[str
     """The unlearned model's per-token loss of each forget answer, recomputed and compared with eval/after."""
     import torch
 
-    from npo.audit.collect import load
     from npo.data.qa import load_file
     from npo.eval.logs import read_log
     from npo.eval.scoring import score_texts
+    from npo.modeling import load_for_scoring as load
 
     src = Path(record["forget_items"]["source"])
     if not src.is_file():

@@ -14,7 +14,6 @@ Writes probes.json and probes.md; models are loaded one at a time.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -27,9 +26,9 @@ from npo.data.mcq import LETTERS, MCQ, load_mcq
 from npo.data.qa import QARecord
 from npo.errors import NpoError
 from npo.eval.mcq import accuracy, convention, default_max_length, prompt, score
-from npo.modeling import check_model_path
+from npo.modeling import check_model_path, load_for_scoring
 from npo.probes.robustness import quantizable, quantized, recovered, split_for_relearning
-from npo.probes.run import ROLES, _finite, _load, _release, _title, relearn
+from npo.probes.run import ROLES, _f, _release, _title, relearn, write_result
 
 log = logging.getLogger("npo")
 
@@ -61,7 +60,7 @@ def _acc(correct: np.ndarray, idx=None) -> dict:
 
 def _probe_one(path: str, role: str, questions, conv, probes, quant_bits, batch_size, device) -> dict:
     t0 = time.time()
-    model, tok = _load(path, device)
+    model, tok = load_for_scoring(path, device)
     limit = default_max_length(model, tok)
     lls, _ = score(model, tok, questions, conv, max_length=limit, batch_size=batch_size)
     out = {"correct": _correct(questions, lls), "subjects": accuracy(questions, lls)["subjects"]}
@@ -120,7 +119,7 @@ def run_mcq_probes(model_dir, reference_dir, task: str, out, *, retain_model_dir
         train = relearn_records([questions[i] for i in learn], conv)
         for role in ("model", "retain") if paths["retain"] else ("model",):
             relearned = relearn(paths[role], train, out / "relearn", f"{role}_relearned", **kw)
-            m, tok = _load(str(relearned), device)
+            m, tok = load_for_scoring(str(relearned), device)
             lls, _ = score(m, tok, held_qs, conv, max_length=default_max_length(m, tok), batch_size=batch_size)
             del m
             _release()
@@ -142,15 +141,7 @@ def run_mcq_probes(model_dir, reference_dir, task: str, out, *, retain_model_dir
             q[f"int{bits}"] = {**a, "delta": a["accuracy"] - base}
         result["quant"] = q
 
-    result["elapsed_s"] = round(time.time() - t0, 1)
-    result = _finite(result)
-    (out / "probes.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    (out / "probes.md").write_text(markdown(result), encoding="utf-8")
-    return result
-
-
-def _f(x, fmt=".3f") -> str:
-    return "n/a" if x is None else format(x, fmt)
+    return write_result(out, result, markdown, t0)
 
 
 def markdown(r: dict) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from npo.data.qa import QARecord, load_qa
 from npo.errors import NpoError
-from npo.modeling import check_model_path
+from npo.modeling import check_model_path, load_for_scoring
 from npo.probes import mia
 from npo.probes.robustness import (
     item_metrics,
@@ -89,16 +89,6 @@ def holdout_records(data: str, holdout: str | None) -> tuple[str, list[QARecord]
     return str(found[0]), load_qa(found[0])
 
 
-def _load(path: str, device: torch.device):
-    from npo.modeling import choose_dtype, load_model, load_tokenizer, match_vocab
-
-    dtype, _, _ = choose_dtype("auto", device.type)
-    tok = load_tokenizer(path)
-    model = load_model(path, dtype).to(device)
-    match_vocab(model, tok)
-    return model.eval(), tok
-
-
 def _title(model_dir: str) -> str:
     """`runs/npo_rt/model` -> `npo_rt`; anything else -> its last component."""
     p = Path(model_dir)
@@ -115,7 +105,7 @@ def _release() -> None:
 def _probe_one(path: str, role: str, setup: _Setup, probes, forget, holdout, para_idx, quant_bits) -> dict:
     """Everything one loaded model is needed for."""
     t0 = time.time()
-    model, tok = _load(path, setup.device)
+    model, tok = load_for_scoring(path, setup.device)
     out = {"forget": setup.metrics(model, tok, forget)}
     if "mia" in probes:
         out["members"] = setup.mia_scores(model, tok, forget)
@@ -222,7 +212,7 @@ def run_probes(model_dir, reference_dir, data, forget_split: str, out, *, retain
                "overrides": relearn_overrides or {}}
         for role in ("model", "retain") if paths["retain"] else ("model",):
             relearned = relearn(paths[role], [forget[i] for i in learn], out / "relearn", f"{role}_relearned", **kw)
-            m, tok = _load(str(relearned), setup.device)
+            m, tok = load_for_scoring(str(relearned), setup.device)
             after = summarise(setup.metrics(m, tok, held_recs))
             del m
             _release()
@@ -252,10 +242,15 @@ def run_probes(model_dir, reference_dir, data, forget_split: str, out, *, retain
                               "paraphrased": summarise(raw[role]["paraphrase"])}
         result["paraphrase"] = para
 
+    return write_result(out, result, markdown, t0)
+
+
+def write_result(out: Path, result: dict, to_markdown, t0: float) -> dict:
+    """probes.json (non-finite numbers as null) and probes.md of a probe run; returns the result."""
     result["elapsed_s"] = round(time.time() - t0, 1)
     result = _finite(result)
     (out / "probes.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    (out / "probes.md").write_text(markdown(result), encoding="utf-8")
+    (out / "probes.md").write_text(to_markdown(result), encoding="utf-8")
     return result
 
 
