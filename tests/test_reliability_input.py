@@ -354,3 +354,15 @@ def test_bad_rows_still_name_file_row_and_field(tiny, tmp_path, capsys):
     code, err, _ = _cli(["unlearn", "--model", str(model), "--forget", str(forget), "--retain", str(forget),
                          "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "f.jsonl, row 3, field 'answer': missing required field" in err
+
+
+def test_errors_keep_their_message_across_processes():
+    """The demo's workers raise NpoErrors in other processes: they must unpickle, message and fields kept."""
+    import pickle
+
+    from npo.errors import DataError, Stopped
+
+    e = pickle.loads(pickle.dumps(DataError("f.json", "bad value", row=3, field="answer")))
+    assert isinstance(e, DataError) and str(e) == "f.json, row 3, field 'answer': bad value" and e.row == 3
+    s = pickle.loads(pickle.dumps(Stopped("stopped at step 2", 143)))
+    assert isinstance(s, Stopped) and s.code == 143 and str(s) == "stopped at step 2"

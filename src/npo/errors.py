@@ -4,6 +4,16 @@
 class NpoError(Exception):
     """Bad input or configuration; the message names what is wrong and where."""
 
+    def __reduce__(self):  # the message survives a trip between processes whatever __init__ takes
+        return (_restore, (type(self), str(self), dict(self.__dict__)))
+
+
+def _restore(cls, message: str, state: dict):
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class DataError(NpoError):
     """Invalid QA data: names the file, the row (1-based) and the field."""

@@ -158,7 +158,8 @@ def unlearn_method(out: Path, data: Path, s: DemoSettings, seed: int, method: st
                                 forget_split=s.forget_split)
         audit = run_audit(request, root / "target" / "model", run / "model", run / "audit",
                           retain_model=root / "retain" / "model", overwrite=True,
-                          settings=with_values(TESTBED, template=s.template, max_new_tokens=s.max_new_tokens))
+                          settings=with_values(TESTBED, template=s.template, max_new_tokens=s.max_new_tokens,
+                                               max_length=4 * s.max_length))  # its multiple-choice form is long
         log.info("audited in %.0fs: %s (audit %s...)", time.time() - t0, audit["overall"], audit["audit_sha256"][:12])
     return run
 
