@@ -32,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--protocol", choices=["full", "legacy300"], default="full",
                         help="TOFU protocol: every item (full) or the first 300 with the official caps (legacy300)")
     parser.add_argument("--probes", action="store_true", help="also probe every final model (slow)")
+    parser.add_argument("--audit", action="store_true",
+                        help="also npo audit the first method's model (needs holdout*.json in --data: non-members)")
     parser.add_argument("--workers", type=int, help="jobs side by side (default: one per core, at most 4)")
 
 
@@ -60,7 +62,8 @@ def main(args) -> int:
         max_length=args.max_length,
         target_epochs=args.target_epochs, target_lr=args.target_lr, target_batch=args.batch_size,
         unlearn_epochs=args.unlearn_epochs, unlearn_lr=args.unlearn_lr, unlearn_batch=args.batch_size,
-        max_new_tokens=args.max_new_tokens, probes=args.probes, eval_batch=16, protocol=args.protocol, finetune=lora, unlearn=lora)
+        max_new_tokens=args.max_new_tokens, probes=args.probes, audit=args.audit, eval_batch=16, protocol=args.protocol,
+        finetune=lora, unlearn=lora)
     report = run_demo(args.out, settings, workers=args.workers)
     print(f"report: {report}")
     return 0
