@@ -86,11 +86,13 @@ class TrainConfig:
     max_steps: int = 0  # optimizer steps to train, overriding epochs (0: epochs decide); RMU's WMDP run: 150
     lr_schedule: str = "linear"  # linear (decay to 0, the NPO recipe) | constant (after the warm-up; RMU's WMDP code)
     adam_eps: float = 1e-8  # AdamW's epsilon: torch's default (RMU's WMDP code used transformers' AdamW, 1e-6)
+    adamw_impl: str = "fused"  # fused (one kernel, ~4x faster on CPU) | foreach | loop: torch's AdamW kernels; same update up to rounding
     # LoRA (off when lora_r = 0)
     lora_r: int = 0
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = None  # default: PEFT's choice for the architecture
+    load_in_4bit: bool = False  # LoRA on an NF4-quantised base (bitsandbytes, CUDA only; pip install 'npo[gpu4bit]')
     save_merged: bool = True  # merge the adapter into the saved model (else save the adapter only)
     # run
     out: str = ""
@@ -137,6 +139,7 @@ CHOICES = {
     "kl": ("answer", "official"),
     "eval_generation": ("greedy", "sampled"),
     "lr_schedule": ("linear", "constant"),
+    "adamw_impl": ("fused", "foreach", "loop"),
     "rmu_vector": ("uniform", "gaussian"),
     "rmu_positions": ("labelled", "all"),
 }
@@ -267,6 +270,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"'{name}' must not be negative, got {getattr(cfg, name)}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise ConfigError(f"'max_grad_norm' must be positive or null, got {cfg.max_grad_norm}")
+    if cfg.load_in_4bit and not cfg.lora_r:
+        raise ConfigError("'load_in_4bit' trains LoRA adapters on a frozen 4-bit base: set 'lora_r' (e.g. 16)")
     try:
         re.compile(cfg.rmu_params)
     except re.error as err:

@@ -74,6 +74,21 @@ def param_groups(model, weight_decay: float, decay_all: bool) -> list[dict]:
             {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
 
 
+def adamw(groups: list[dict], lr: float, eps: float, impl: str) -> torch.optim.AdamW:
+    """torch's AdamW with the kernel `impl` names. fused updates every tensor in one pass without
+    temporaries (on a CPU ~4x faster than the per-tensor loop, a third of a small model's step, and
+    less heap churn); it rounds differently in the last bit of some updates (~1e-9 absolute after 5
+    steps at lr 1e-3). Where the device has no fused kernel, foreach."""
+    kwargs = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, eps=eps, **kwargs)
+    except RuntimeError:
+        if impl != "fused":
+            raise
+        log.info("no fused AdamW for these parameters: foreach")
+        return torch.optim.AdamW(groups, lr=lr, eps=eps, foreach=True)
+
+
 def linear_schedule(warmup: int, total: int, decay: bool = True):
     """Linear warm-up to the peak lr over `warmup` steps, then linear decay to 0 at `total`
     (`decay=False`: constant after the warm-up)."""
@@ -201,8 +216,8 @@ class Trainer:
         self.prepared: dict = {}
         checkpoint = find_checkpoint(self.run_dir) if resume else None
         self.cache = self._reference_cache(cached) if cfg.reference == "cached" and checkpoint is None else {}
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.decay_norms_and_biases),
-                                           lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = adamw(param_groups(self.model, cfg.weight_decay, cfg.decay_norms_and_biases), cfg.lr,
+                               cfg.adam_eps, cfg.adamw_impl)
         self.window = cfg.batch_size * cfg.grad_accum * self.world
         self.primary = "train" if "train" in self.sets else "forget"  # the set whose passes are epochs
         self.steps_per_epoch, self.total_steps, self.warmup_steps, factor = schedule(
@@ -228,7 +243,8 @@ class Trainer:
 
     def _load_model(self):
         cfg = self.cfg
-        model = load_model(cfg.model, self.dtype, cfg.gguf_file, cfg.trust_remote_code, cfg.allow_pickle)
+        model = load_model(cfg.model, self.dtype, cfg.gguf_file, cfg.trust_remote_code, cfg.allow_pickle,
+                           load_in_4bit=cfg.load_in_4bit, device_index=self.acc.device.index)
         match_vocab(model, self.tok)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -239,7 +255,8 @@ class Trainer:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         if self.method.trains:
             train_only(model, getattr(cfg, self.method.trains), self.method.trains)
-        model = model.to(self.acc.device)
+        if not cfg.load_in_4bit:  # a 4-bit base is placed by from_pretrained and cannot be moved
+            model = model.to(self.acc.device)
         model.train()
         return model
 
