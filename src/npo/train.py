@@ -352,8 +352,12 @@ class Trainer:
             for name, v in {"loss": loss, **parts}.items():
                 logged[name] = logged.get(name, 0.0) + v
         params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-        grad_norm = self.acc.clip_grad_norm_(params, max_norm)
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+        if cfg.max_grad_norm or total_norm is None or self.acc.distributed_type != "NO" \
+                or self.acc.scaler is not None:
+            grad_norm = self.acc.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        else:  # the norm alone (it is logged): clipping at inf would multiply every gradient by 1
+            grad_norm = total_norm([p.grad for p in params if p.grad is not None])
         # DeepSpeed clips inside its engine and reports no norm
         grad_norm = float(grad_norm) if grad_norm is not None else None
         reduced = {k: float(self.acc.reduce(torch.as_tensor(v, device=self.acc.device).float(), "sum"))
