@@ -16,7 +16,6 @@ from torch.utils.checkpoint import checkpoint
 from npo.data.batches import IGNORE
 from npo.errors import NpoError
 
-
 # labelled positions per LM-head chunk without gradients (scoring, reference passes): 256 x 32k fp32 logits
 # are 33 MB; larger chunks are no faster
 NO_GRAD_CHUNK = 256

@@ -83,8 +83,8 @@ def four_bit_config(compute_dtype: torch.dtype = torch.bfloat16) -> dict:
             "bnb_4bit_compute_dtype": compute_dtype}
 
 
-def _quantization(device_index: int | None):
-    """The BitsAndBytesConfig and device map of a 4-bit base; refuses where it cannot run."""
+def require_4bit() -> None:
+    """Refuse `load_in_4bit` where it cannot run, before anything is written."""
     if not torch.cuda.is_available():
         raise NpoError("load_in_4bit: 4-bit bases (bitsandbytes NF4) run on a CUDA GPU only and this machine "
                        "has none; on a CPU train LoRA on the unquantised model (load_in_4bit=false)")
@@ -92,6 +92,11 @@ def _quantization(device_index: int | None):
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise NpoError("load_in_4bit needs bitsandbytes: pip install 'npo[gpu4bit]'") from None
+
+
+def _quantization(device_index: int | None):
+    """The BitsAndBytesConfig and device map of a 4-bit base."""
+    require_4bit()
     from transformers import BitsAndBytesConfig
 
     index = torch.cuda.current_device() if device_index is None else device_index

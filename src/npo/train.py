@@ -30,7 +30,15 @@ from npo.errors import NpoError
 from npo.logprobs import Scorer
 from npo.methods import CACHED, Method
 from npo.micro import Micro
-from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab, save_model
+from npo.modeling import (
+    add_lora,
+    choose_dtype,
+    load_model,
+    load_tokenizer,
+    match_vocab,
+    require_4bit,
+    save_model,
+)
 from npo.reference import FrozenParams, OnlineReference, reference_logprobs, reference_token_logprobs
 from npo.runtime import (
     env_info,
@@ -187,6 +195,8 @@ class Trainer:
         setup_logging()
         self.cfg, self.method, self.eval_hook = cfg, method, eval_hook
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        if cfg.load_in_4bit:
+            require_4bit()
         self.dtype, autocast, reason = choose_dtype(cfg.dtype, device_type, trains_all_weights=not cfg.lora_r)
         self.acc = make_accelerator(autocast)
         self.main, self.world, self.rank = self.acc.is_main_process, self.acc.num_processes, self.acc.process_index
