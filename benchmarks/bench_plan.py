@@ -4,7 +4,7 @@ full fine-tuning and LoRA, through the real Trainer.
     .venv/bin/python benchmarks/bench_plan.py [--steps 3] [--batch-sizes 4,16] [--smollm2 DIR]
 
 One process per measurement. Before the run it imports npo and transformers and trains a tiny Llama for
-one step (forward, backward, fused AdamW), so that libraries and their kernels' code are resident; the
+one step (forward, backward, fused AdamW), so that libraries (peft too) and their kernels' code are resident; the
 RSS then is the baseline. Measured = peak RSS (VmHWM) over model loading, the reference pass and the
 steps, minus that baseline: what the model, its training state and the steps add. Predicted =
 `npo.plan.estimate` (cpu: fp32) with the batch's padded length and labelled tokens of the largest step
@@ -37,6 +37,7 @@ SMOLLM2 = Path.home() / ".cache" / "npo-tests" / "smollm2-135m-instruct"
 
 
 def warm_up() -> None:
+    import peft  # noqa: F401  (imported in the baseline, so LoRA runs are compared like the others)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -204,3 +204,13 @@ def test_commands_import_only_what_they_use():
             "print(' '.join(m for m in ('peft', 'matplotlib', 'datasets', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_gpu_benchmark_logic_runs_on_a_cpu():
+    """benchmarks/bench_gpu.py --dry-run: the GPU benchmark's step, FLOP count and report on a tiny model."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    out = subprocess.run([sys.executable, str(script), "--dry-run", "--grouping", "random", "--reference", "online"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "MFU" in out and "tokens/s" in out and "dry run" in out

@@ -109,7 +109,7 @@ class TrainConfig:
     eval_retain_logs: str | None = None
     eval_protocol: str = "full"
     eval_max_new_tokens: int = 200
-    eval_batch_size: int = 16
+    eval_batch_size: int = 64  # scoring and generation batch (64: measured, BENCHMARKS.md section 2)
     eval_generation: str = "greedy"  # greedy | sampled (the NPO authors' evaluator: sampling after manual_seed(0))
 
 
