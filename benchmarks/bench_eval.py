@@ -76,9 +76,10 @@ class Timers:
     def install(self, model):
         import time
 
+        import npo.eval.scoring as scoring
         import npo.eval.tofu as tofu
 
-        orig_score, orig_gen, orig_generate = tofu.score_texts, tofu.generate, model.generate
+        orig_score, orig_gen, orig_decode = tofu.score_texts, tofu.generate, scoring._decode_batch
         timers = self
 
         def timed(fn, attr):
@@ -90,17 +91,17 @@ class Timers:
                     setattr(timers, attr, getattr(timers, attr) + time.process_time() - t)
             return wrapper
 
-        def model_generate(*a, **k):
-            out = orig_generate(*a, **k)
-            timers.new_tokens.append(out.shape[1] - k["input_ids"].shape[1])
+        def decode_batch(*a, **k):
+            out = orig_decode(*a, **k)  # the new tokens of one batch
+            timers.new_tokens.append(out.shape[1])
             return out
 
         tofu.score_texts, tofu.generate = timed(orig_score, "score"), timed(orig_gen, "gen")
-        model.generate = model_generate
+        scoring._decode_batch = decode_batch
 
         def uninstall():
             tofu.score_texts, tofu.generate = orig_score, orig_gen
-            del model.generate
+            scoring._decode_batch = orig_decode
 
         return uninstall
 

@@ -1,15 +1,23 @@
 """NPO+RT steps of a Llama-3.2-1B-shaped model on one GPU: tokens/s and model FLOPs utilisation.
 
     .venv/bin/python benchmarks/bench_gpu.py [--steps 20] [--warmup 3] [--batch 16] [--reference cached|online]
+        [--attn sdpa|flash_attention_2] [--grouping length|random] [--precision bf16|autocast] [--adamw fused|foreach]
+        [--compile]
     .venv/bin/python benchmarks/bench_gpu.py --dry-run     # tiny model on CPU: checks the logic, no GPU needed
 
 Model: random-initialised Llama-3.2-1B configuration (hidden 2048, 16 layers, 32 heads, 8 KV heads,
-intermediate 8192, vocabulary 128,256, tied embeddings: 1.236B parameters), bf16, SDPA attention, AdamW.
+intermediate 8192, vocabulary 128,256, tied embeddings: 1.236B parameters); `--precision bf16` (default)
+keeps bf16 weights, `autocast` npo's trainer default on a GPU (fp32 master weights, bf16 autocast);
+SDPA attention (`--attn flash_attention_2` if the flash-attn package is installed); fused AdamW
+(npo's default, `adamw_impl`).
 Data: synthetic token ids of TOFU-like length (uniform in [--min-len, --max-len], default 120-200; the
 first quarter of each sequence is the unlabelled prompt), --batch forget + --batch retain sequences per
-step, each batch padded to its longest sequence. Each step is the project's NPO+RT step: the product's
-`npo.logprobs.Scorer` (LM head on labelled positions only) on the forget and the retain batch,
-`npo.losses.npo_loss` against reference log-probs + `nll_loss`, one backward, one optimizer step.
+step, each batch padded to its longest sequence. `--grouping length` (default, as npo's BatchStream)
+draws each step's sequences from a pool sorted by length, so little is padding; `random` pads random
+draws. Each step is the project's NPO+RT step: the product's `npo.logprobs.Scorer` (LM head on labelled
+positions only) on the forget and the retain batch, `npo.losses.npo_loss` against reference log-probs
+and `nll_loss`, each term backpropagated as soon as it is computed (as npo's trainer does), one
+optimizer step.
 With `--reference cached` (the project's design, default) the reference log-probs come from one no-grad
 pass before the timed steps; `--reference online` recomputes them every step with a frozen copy.
 
@@ -27,6 +35,7 @@ change). The conventional 6 * N_all * tokens figure is printed next to it for co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -40,13 +49,26 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # bf16 dense, SXM
 
 
-def synthetic_batch(n: int, min_len: int, max_len: int, vocab: int, generator, device) -> dict:
+def synthetic_lengths(n_batches: int, n: int, min_len: int, max_len: int, generator, grouping: str) -> list[list[int]]:
+    """Sequence lengths of `n_batches` batches of `n`: uniform draws, either batched as drawn (random)
+    or sorted and cut into consecutive batches, whose order is then shuffled (length grouping)."""
+    import torch
+
+    lengths = torch.randint(min_len, max_len + 1, (n_batches * n,), generator=generator).tolist()
+    if grouping == "length":
+        lengths.sort()
+    batches = [lengths[i * n:(i + 1) * n] for i in range(n_batches)]
+    order = torch.randperm(n_batches, generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def synthetic_batch(lengths: list[int], vocab: int, generator, device) -> dict:
     """Right-padded random token ids; the first quarter of each sequence is the unlabelled prompt."""
     import torch
 
     from npo.data.batches import IGNORE
 
-    lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator).tolist()
+    n = len(lengths)
     width = max(lengths)
     ids = torch.zeros(n, width, dtype=torch.long)
     mask = torch.zeros(n, width, dtype=torch.long)
@@ -87,6 +109,11 @@ def main() -> None:
     p.add_argument("--reference", choices=("cached", "online"), default="cached")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, flash_attention_2, eager)")
+    p.add_argument("--grouping", choices=("length", "random"), default="length")
+    p.add_argument("--precision", choices=("bf16", "autocast"), default="bf16")
+    p.add_argument("--adamw", choices=("fused", "foreach"), default="fused")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (optional)")
     p.add_argument("--peak-tflops", type=float, help="peak bf16 dense TFLOP/s (default: 989 for H100/H200 SXM)")
     p.add_argument("--dry-run", action="store_true", help="tiny model, fp32, on CPU: checks the logic only")
     args = p.parse_args()
@@ -98,6 +125,7 @@ def main() -> None:
     from npo.logprobs import Scorer
 
     if args.dry_run:
+        torch.set_num_threads(1)
         device, dtype, shape = torch.device("cpu"), torch.float32, TINY
         args.steps, args.warmup, args.batch = min(args.steps, 2), min(args.warmup, 1), min(args.batch, 4)
         args.min_len, args.max_len = min(args.min_len, 24), min(args.max_len, 40)
@@ -113,9 +141,10 @@ def main() -> None:
           f"peak {peak:g} TFLOP/s{' (nominal; dry run)' if args.dry_run else ''}")
 
     torch.manual_seed(0)
-    config = LlamaConfig(**shape, attn_implementation="sdpa")
+    config = LlamaConfig(**shape, attn_implementation=args.attn)
+    weight_dtype = torch.float32 if args.precision == "autocast" else dtype
     default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(weight_dtype)
     with torch.device(device):
         model = LlamaForCausalLM(config)  # random init directly on the device, in `dtype`
     torch.set_default_dtype(default)
@@ -125,24 +154,27 @@ def main() -> None:
           f"({config.num_key_value_heads} KV), intermediate {config.intermediate_size}, vocab {config.vocab_size:,}, "
           f"tied: {total / 1e6:,.1f}M parameters (blocks {n_body / 1e6:,.1f}M, head {n_head / 1e6:,.1f}M), {dtype}")
     print(f"step: NPO+RT, {args.batch} forget + {args.batch} retain sequences of {args.min_len}-{args.max_len} "
-          f"tokens, reference {args.reference}, AdamW lr {args.lr:g}")
+          f"tokens ({args.grouping} grouping), reference {args.reference}, {args.adamw} AdamW lr {args.lr:g}, "
+          f"attention {args.attn}, precision {args.precision}{', compiled' if args.compile else ''}")
 
-    scorer = Scorer(model)
+    scorer = Scorer(torch.compile(model) if args.compile else model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                  weight_decay=0.01)
+                                  weight_decay=0.01, **({"fused": True} if args.adamw == "fused" else {"foreach": True}))
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "autocast"
+                else contextlib.nullcontext())
     g = torch.Generator().manual_seed(0)
     n_steps = args.warmup + args.steps
-    forget = [synthetic_batch(args.batch, args.min_len, args.max_len, config.vocab_size, g, device)
-              for _ in range(n_steps)]
-    retain = [synthetic_batch(args.batch, args.min_len, args.max_len, config.vocab_size, g, device)
-              for _ in range(n_steps)]
+    forget = [synthetic_batch(lengths, config.vocab_size, g, device) for lengths in
+              synthetic_lengths(n_steps, args.batch, args.min_len, args.max_len, g, args.grouping)]
+    retain = [synthetic_batch(lengths, config.vocab_size, g, device) for lengths in
+              synthetic_lengths(n_steps, args.batch, args.min_len, args.max_len, g, args.grouping)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     online = None
     t0 = time.perf_counter()
     if args.reference == "cached":
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             refs = [scorer(b)[0].float() for b in forget]
         model.train()
         sync()
@@ -162,14 +194,18 @@ def main() -> None:
         sync()
         start = time.perf_counter()
         if online is not None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 ref = online(fb)[0].float()
         else:
             ref = refs[step]
-        logp, _ = scorer(fb)
-        logp_r, n_r = scorer(rb)
-        loss = losses.npo_loss(logp, ref, args.beta) + losses.nll_loss(logp_r, n_r)
-        loss.backward()
+        with autocast:  # each term backpropagated at once, freeing its graph (npo.train._Terms)
+            forget_loss = losses.npo_loss(scorer(fb)[0], ref, args.beta)
+        forget_loss.backward()
+        with autocast:
+            logp_r, n_r = scorer(rb)
+            retain_loss = losses.nll_loss(logp_r, n_r)
+        retain_loss.backward()
+        loss = forget_loss.detach() + retain_loss.detach()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync()
@@ -190,7 +226,9 @@ def main() -> None:
     tflops = [f / t / 1e12 for f, t in zip(flops, times, strict=True)]
     conv = [6 * total * n / t / 1e12 for n, t in zip(padded_tokens, times, strict=True)]
     tok_s = [n / t for n, t in zip(real_tokens, times, strict=True)]
-    print(f"\n{len(times)} timed steps after {args.warmup} warm-up; median [min-max]")
+    padding = 1 - statistics.mean(real_tokens) / statistics.mean(padded_tokens)
+    print(f"\n{len(times)} timed steps after {args.warmup} warm-up; median [min-max]; padding {100 * padding:.1f}% of "
+          "the positions computed")
     print(f"  step time            {med:.4f} s [{min(times):.4f}-{max(times):.4f}]")
     print(f"  tokens/s (real)      {statistics.median(tok_s):,.0f} [{min(tok_s):,.0f}-{max(tok_s):,.0f}] "
           f"({statistics.mean(real_tokens):.0f} real of {statistics.mean(padded_tokens):.0f} padded tokens per step)")

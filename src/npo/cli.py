@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "methods": ("npo.commands.methods", "the unlearning methods: forget term, retain term, reference (a table)"),
     "audit": ("npo.commands.audit", "a verifiable record of one deletion request: hashes, intervals, verdicts"),
     "verify": ("npo.commands.verify", "recompute an audit's hashes and numbers; exit 1 when anything differs"),
+    "plan": ("npo.commands.plan", "the memory each training setting needs for a model and method, and which fit"),
     "sequence": ("npo.commands.sequence", "deletion requests in sequence or each from the original model, each evaluated"),
     "config": ("npo.commands.config", "every config key of unlearn/finetune: type, default, help; a preset's values"),
 }

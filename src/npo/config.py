@@ -111,12 +111,16 @@ class TrainConfig:
     lr_schedule: str = setting("linear", "linear: decay to 0 after the warm-up (the NPO recipe); constant: keep the "
                                          "peak lr (RMU's WMDP code)")
     adam_eps: float = setting(1e-8, "AdamW's epsilon: torch's default (RMU's WMDP code used transformers' AdamW, 1e-6)")
+    adamw_impl: str = setting("fused", "torch's AdamW kernel: fused (one pass, ~4x faster on a CPU), foreach or loop; "
+                                       "the same update up to rounding")
     # LoRA (off when lora_r = 0)
     lora_r: int = setting(0, "LoRA rank (0: train every weight)")
     lora_alpha: int = setting(32, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)")
     lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input, in [0, 1)")
     lora_target_modules: list[str] | None = setting(None, "module names LoRA wraps (default: PEFT's choice for the "
                                                           "architecture)")
+    load_in_4bit: bool = setting(False, "LoRA on an NF4-quantised frozen base (bitsandbytes, CUDA only; "
+                                        "pip install 'npo[gpu4bit]')")
     save_merged: bool = setting(True, "merge the adapter into the saved model (false: save the adapter only)")
     # run
     out: str = setting("", "the run directory (config, metrics, checkpoint, model)")
@@ -136,7 +140,8 @@ class TrainConfig:
     eval_protocol: str = setting("full", "full: every item; legacy300: the first 300 of each set and TOFU's "
                                          "evaluator caps")
     eval_max_new_tokens: int = setting(200, "new tokens generated per answer in evaluation")
-    eval_batch_size: int = setting(16, "batch size of evaluation and of the reference log-prob pass")
+    eval_batch_size: int = setting(64, "batch size of evaluation and of the reference log-prob pass (64: measured, "
+                                         "BENCHMARKS.md)")
     eval_generation: str = setting("greedy", "greedy (TOFU's evaluator) or sampled after manual_seed(0) (the NPO "
                                              "authors' evaluator)")
 
@@ -167,6 +172,7 @@ CHOICES = {
     "kl": ("answer", "official"),
     "eval_generation": ("greedy", "sampled"),
     "lr_schedule": ("linear", "constant"),
+    "adamw_impl": ("fused", "foreach", "loop"),
     "rmu_vector": ("uniform", "gaussian"),
     "rmu_positions": ("labelled", "all"),
 }
@@ -335,6 +341,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"'{name}' must not be negative, got {getattr(cfg, name)}")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise ConfigError(f"'max_grad_norm' must be positive or null, got {cfg.max_grad_norm}")
+    if cfg.load_in_4bit and not cfg.lora_r:
+        raise ConfigError("'load_in_4bit' trains LoRA adapters on a frozen 4-bit base: set 'lora_r' (e.g. 16)")
     try:
         re.compile(cfg.rmu_params)
     except re.error as err:

@@ -88,10 +88,40 @@ def load_tokenizer(name: str, gguf_file: str | None = None, trust_remote_code: b
     return tok
 
 
+def four_bit_config(compute_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """from_pretrained arguments of a QLoRA base: NF4 weights with double-quantised scales (~0.52
+    bytes per weight of the linear layers), arithmetic in `compute_dtype`; the embeddings, LM head
+    and norms stay in `compute_dtype` (transformers does not quantise them)."""
+    return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": compute_dtype}
+
+
+def require_4bit() -> None:
+    """Refuse `load_in_4bit` where it cannot run, before anything is written."""
+    if not torch.cuda.is_available():
+        raise NpoError("load_in_4bit: 4-bit bases (bitsandbytes NF4) run on a CUDA GPU only and this machine "
+                       "has none; on a CPU train LoRA on the unquantised model (load_in_4bit=false)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise NpoError("load_in_4bit needs bitsandbytes: pip install 'npo[gpu4bit]'") from None
+
+
+def _quantization(device_index: int | None):
+    """The BitsAndBytesConfig and device map of a 4-bit base."""
+    require_4bit()
+    from transformers import BitsAndBytesConfig
+
+    index = torch.cuda.current_device() if device_index is None else device_index
+    return BitsAndBytesConfig(**four_bit_config()), {"": index}
+
+
 def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trust_remote_code: bool = False,
-               allow_pickle: bool = False, attn: str = "sdpa", pickle_option: str = "allow_pickle=true"):
+               allow_pickle: bool = False, attn: str = "sdpa", pickle_option: str = "allow_pickle=true",
+               load_in_4bit: bool = False, device_index: int | None = None):
     """A causal LM from a directory or hub id; a GGUF file is dequantised into a plain model so that
-    it trains and saves like any other. `pickle_option`: how the caller's user allows pickle weights."""
+    it trains and saves like any other. `pickle_option`: how the caller's user allows pickle weights.
+    `load_in_4bit`: an NF4 base placed on GPU `device_index` (frozen; only LoRA adapters train on it)."""
     import pickle
 
     from safetensors import SafetensorError
@@ -100,6 +130,10 @@ def load_model(name: str, dtype: torch.dtype, gguf_file: str | None = None, trus
     check_model_path(name)
     _check_weights(Path(name).expanduser(), allow_pickle, pickle_option)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
+    if load_in_4bit:
+        if gguf_file:
+            raise ConfigError("load_in_4bit and gguf_file cannot be combined (a GGUF file is dequantised)")
+        kwargs["quantization_config"], kwargs["device_map"] = _quantization(device_index)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     elif not allow_pickle:
@@ -147,8 +181,18 @@ def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
+def is_4bit(model) -> bool:
+    base = model.get_base_model() if is_peft(model) else model
+    return bool(getattr(base, "is_loaded_in_4bit", False))
+
+
 def save_model(model, tokenizer, out: Path, merge: bool = True) -> None:
-    """safetensors weights + tokenizer; a LoRA model is merged first unless `merge` is false."""
+    """safetensors weights + tokenizer; a LoRA model is merged first unless `merge` is false. On a
+    4-bit base the adapter is saved alone (merging would round it into the NF4 weights); transformers
+    loads such a directory with its base when peft is installed."""
+    if is_peft(model) and merge and is_4bit(model):
+        log.info("4-bit base: saving the LoRA adapter only (its adapter_config.json names the base model)")
+        merge = False
     if is_peft(model) and merge:
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)

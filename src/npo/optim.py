@@ -1,14 +1,17 @@
-"""What the optimizer updates and how fast: AdamW's parameter groups, the parameters a method trains,
+"""What the optimizer updates and how fast: AdamW (its kernel and parameter groups), the parameters a method trains,
 and the learning-rate schedules (npo's, and the NPO authors' HF Trainer's)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 
 import torch
 
 from npo.errors import NpoError
+
+log = logging.getLogger("npo")
 
 
 def param_groups(model, weight_decay: float, decay_all: bool) -> list[dict]:
@@ -23,6 +26,21 @@ def param_groups(model, weight_decay: float, decay_all: bool) -> list[dict]:
     skip = {n for n, _ in params if n in norm or "bias" in n}
     return [{"params": [p for n, p in params if n not in skip], "weight_decay": weight_decay},
             {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
+
+
+def adamw(groups: list[dict], lr: float, eps: float, impl: str) -> torch.optim.AdamW:
+    """torch's AdamW with the kernel `impl` names. fused updates every tensor in one pass without
+    temporaries (on a CPU ~4x faster than the per-tensor loop, a third of a small model's step, and
+    less heap churn); it rounds differently in the last bit of some updates (~1e-9 absolute after 5
+    steps at lr 1e-3). Where the device has no fused kernel, foreach."""
+    kwargs = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, eps=eps, **kwargs)
+    except RuntimeError:
+        if impl != "fused":
+            raise
+        log.info("no fused AdamW for these parameters: foreach")
+        return torch.optim.AdamW(groups, lr=lr, eps=eps, foreach=True)
 
 
 def linear_schedule(warmup: int, total: int, decay: bool = True):

@@ -30,8 +30,8 @@ from npo.errors import NpoError
 from npo.logprobs import Scorer
 from npo.methods import CACHED, Method
 from npo.micro import Micro
-from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab
-from npo.optim import param_groups, schedule, train_only
+from npo.modeling import add_lora, choose_dtype, load_model, load_tokenizer, match_vocab, require_4bit
+from npo.optim import adamw, param_groups, schedule, train_only
 from npo.progress import progress
 from npo.reference import FrozenParams, OnlineReference, reference_logprobs, reference_token_logprobs
 from npo.runguard import RunGuard
@@ -117,6 +117,8 @@ class Trainer(RunGuard):
         setup_logging()
         self.cfg, self.method, self.eval_hook = cfg, method, eval_hook
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        if cfg.load_in_4bit:
+            require_4bit()
         self.dtype, autocast, reason = choose_dtype(cfg.dtype, device_type, trains_all_weights=not cfg.lora_r)
         self.acc = make_accelerator(autocast)
         self.main, self.world, self.rank = self.acc.is_main_process, self.acc.num_processes, self.acc.process_index
@@ -150,8 +152,8 @@ class Trainer(RunGuard):
         self.prepared: dict = {}
         checkpoint = find_checkpoint(self.run_dir) if resume else None
         self.cache = self._reference_cache(cached) if cfg.reference == "cached" and checkpoint is None else {}
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, cfg.decay_norms_and_biases),
-                                           lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = adamw(param_groups(self.model, cfg.weight_decay, cfg.decay_norms_and_biases), cfg.lr,
+                               cfg.adam_eps, cfg.adamw_impl)
         self.window = cfg.batch_size * cfg.grad_accum * self.world
         self.primary = "train" if "train" in self.sets else "forget"  # the set whose passes are epochs
         self.steps_per_epoch, self.total_steps, self.warmup_steps, factor = schedule(
@@ -179,7 +181,8 @@ class Trainer(RunGuard):
 
     def _load_model(self):
         cfg = self.cfg
-        model = load_model(cfg.model, self.dtype, cfg.gguf_file, cfg.trust_remote_code, cfg.allow_pickle)
+        model = load_model(cfg.model, self.dtype, cfg.gguf_file, cfg.trust_remote_code, cfg.allow_pickle,
+                           load_in_4bit=cfg.load_in_4bit, device_index=self.acc.device.index)
         match_vocab(model, self.tok)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -190,7 +193,8 @@ class Trainer(RunGuard):
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         if self.method.trains:
             train_only(model, getattr(cfg, self.method.trains), self.method.trains)
-        model = model.to(self.acc.device)
+        if not cfg.load_in_4bit:  # a 4-bit base is placed by from_pretrained and cannot be moved
+            model = model.to(self.acc.device)
         model.train()
         return model
 
@@ -286,8 +290,12 @@ class Trainer(RunGuard):
             for name, v in {"loss": loss, **parts}.items():
                 logged[name] = logged.get(name, 0.0) + v
         params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-        grad_norm = self.acc.clip_grad_norm_(params, max_norm)
+        total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+        if cfg.max_grad_norm or total_norm is None or self.acc.distributed_type != "NO" \
+                or self.acc.scaler is not None:
+            grad_norm = self.acc.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        else:  # the norm alone (it is logged): clipping at inf would multiply every gradient by 1
+            grad_norm = total_norm([p.grad for p in params if p.grad is not None])
         # DeepSpeed clips inside its engine and reports no norm
         grad_norm = float(grad_norm) if grad_norm is not None else None
         reduced = {k: float(self.acc.reduce(torch.as_tensor(v, device=self.acc.device).float(), "sum"))

@@ -37,7 +37,7 @@ class EvalSpec:
     retain_logs: str | None = None  # the retain model's logs (TOFU: its eval folder; MUSE: also news|books)
     protocol: str = "full"
     max_new_tokens: int = 200
-    batch_size: int = 16
+    batch_size: int = 64
     max_length: int = 512
     generation: str = "greedy"  # greedy | sampled
     identity: dict = field(default_factory=dict)  # written into the summary (model, epoch, ...)

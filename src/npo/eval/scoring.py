@@ -13,6 +13,7 @@ import torch
 from npo.data.batches import Tokenized, collate, tokenize_qa
 from npo.data.qa import QARecord
 from npo.errors import NpoError
+from npo.eval.decode import fast_greedy_ok, greedy_decode
 from npo.logprobs import labelled_log_softmax, sequence_logprobs, token_stats
 from npo.progress import progress
 
@@ -66,34 +67,45 @@ def prompt_ids(tok, template: str, records: list[QARecord], max_length: int) -> 
     return out
 
 
+def _decode_batch(model, tok, batch: dict, limit: dict, sample_seed: int | None, fast: bool) -> torch.Tensor:
+    """New tokens of one left-padded batch: `greedy_decode`, or `model.generate` (sampling, a
+    `max_length` cap, or a generation config with logits processors)."""
+    if fast:
+        return greedy_decode(model, batch["input_ids"], batch["attention_mask"], limit["max_new_tokens"],
+                             tok.eos_token_id, tok.pad_token_id)
+    if sample_seed is not None:
+        torch.manual_seed(sample_seed)
+    gen = model.generate(**batch, **limit, do_sample=sample_seed is not None,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return gen[:, batch["input_ids"].shape[1]:]
+
+
 @torch.no_grad()
 def generate(model, tok, encoded: list[list[int]], max_new_tokens: int, batch_size: int, device,
              rank: int = 0, *, max_length: int | None = None, keep_order: bool = False,
              sample_seed: int | None = None, raw: bool = False) -> list[str]:
     """Continuations of token-id prompts, batched with left padding, stopped at EOS: greedy, prompts
-    sorted by length, `max_new_tokens` each (the default).
+    sorted by length, `max_new_tokens` each (the default), by `greedy_decode` (`model.generate`'s
+    tokens, finished rows dropped) unless the model's generation config adds logits processors.
 
-    The original evaluators' variants: `max_length` caps prompt + continuation of the left-padded
-    batch instead (so a batch's longest prompt decides its new tokens), `keep_order` batches the
-    prompts as given, `sample_seed` samples with the model's generation config after
-    `torch.manual_seed(sample_seed)` before every batch (the NPO authors' evaluator). `raw`: decoded
-    with special tokens skipped and nothing else changed (MUSE's clean-up is eval/muse_metrics.py's);
-    by default stripped, as TOFU's scoring expects."""
+    The original evaluators' variants, all through `model.generate`: `max_length` caps prompt +
+    continuation of the left-padded batch instead (so a batch's longest prompt decides its new
+    tokens), `keep_order` batches the prompts as given, `sample_seed` samples with the model's
+    generation config after `torch.manual_seed(sample_seed)` before every batch (the NPO authors'
+    evaluator). `raw`: decoded with special tokens skipped and nothing else changed (MUSE's clean-up
+    is eval/muse_metrics.py's); by default stripped, as TOFU's scoring expects."""
     side = tok.padding_side
     tok.padding_side = "left"
     order = list(range(len(encoded))) if keep_order else sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = [""] * len(encoded)
     limit = {"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens}
+    fast = not max_length and sample_seed is None and fast_greedy_ok(model)
     bar = progress(len(order), "generating", rank == 0)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
-            if sample_seed is not None:
-                torch.manual_seed(sample_seed)
-            gen = model.generate(**batch, **limit, do_sample=sample_seed is not None,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = gen[:, batch["input_ids"].shape[1]:]
+            new = _decode_batch(model, tok, batch, limit, sample_seed, fast)
             texts = tok.batch_decode(new, skip_special_tokens=True, **({"clean_up_tokenization_spaces": False} if raw else {}))
             for i, text in zip(idx, texts, strict=True):
                 out[i] = text if raw else text.strip()
