@@ -255,7 +255,7 @@ def test_eval_options_all_have_help():
     evaluate.add_arguments(parser)
     assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
     text = parser.format_help()
-    assert "--batch-size N prompts scored or generated at once (default: 16)" in " ".join(text.split())
+    assert "--batch-size N prompts scored or generated at once (default: 64;" in " ".join(text.split())
 
 
 # ----------------------------------------------------------------------------- npo metrics

@@ -17,7 +17,7 @@ from npo import checkpoint as ckpt
 from npo import runguard
 from npo import train as train_module
 from npo.cli import main
-from npo.config import build
+from npo.config import TrainConfig, build
 from npo.errors import NpoError, Stopped
 from npo.methods import METHODS
 from npo.train import Trainer
@@ -126,7 +126,7 @@ def test_resume_applies_a_safe_change_records_it_and_ends_equal(stopped, referen
     assert code == 0
     entries = [json.loads(x) for x in (stopped / "resumes.jsonl").read_text().splitlines()]
     assert entries == [{"time": entries[0]["time"], "from_step": 5,
-                        "changed": {"save_every_steps": {"old": 1, "new": 3}, "eval_batch_size": {"old": 16, "new": 4}}}]
+                        "changed": {"save_every_steps": {"old": 1, "new": 3}, "eval_batch_size": {"old": TrainConfig().eval_batch_size, "new": 4}}}]
     stored = npo.resume_config(stopped)
     assert (stored.save_every_steps, stored.eval_batch_size) == (3, 4)  # what the run continues with
     assert _steps(stopped) == list(range(1, 13))  # steps 6.. dropped with the torn line, trained once each

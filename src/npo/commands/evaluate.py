@@ -26,8 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
                         help="TOFU: new tokens per answer; MUSE: a cap on its 128 (VerbMem) and 32 (KnowMem)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="texts scored and prompts generated per batch (default 64: on a CPU 16 -> 64 halves "
-                             "generation time, larger gains little; lower it if a GPU runs out of memory)")
+                        help="prompts scored or generated at once (default: 64; on a CPU 16 -> 64 halves generation "
+                             "time, larger gains little; lower it if a GPU runs out of memory)")
     parser.add_argument("--max-length", type=int, metavar="N",
                         help="tokens per scored text, prompt + answer (default: 512; mcq: the model's context "
                              "length, as lm-evaluation-harness sets it)")

@@ -36,7 +36,9 @@ def main(args) -> int:
     shape = load_shape(args.model)
     budget = None if args.cpu else parse_size(args.gpu_mem)
     needs = METHODS[args.method].needs
-    online, kl = "online_ref" in needs, "online_ref" in needs
+    # an online reference is a frozen copy of the weights and full next-token distributions (KL,
+    # UNDIAL); RMU's frozen activations keep only its few trained matrices, left out
+    online = "online_ref" in needs
     n = parameters(shape)["total"]
     where = "CPU, fp32" if args.cpu else f"{args.gpus} GPU(s) of {budget / GIB:g} GiB, bf16"
     print(f"{args.model}: {n / 1e9:.3g}B parameters; method {args.method}; batch {args.batch_size} x "
@@ -48,7 +50,7 @@ def main(args) -> int:
         for suffix, sharded in modes:
             if sharded and setting.lora_r:
                 continue  # LoRA's trained state is small: replicas
-            est = estimate(shape, setting, online_ref=online, kl=kl, batch=args.batch_size, length=args.length,
+            est = estimate(shape, setting, online_ref=online, kl=online, batch=args.batch_size, length=args.length,
                            answer=args.answer_tokens, gpu=not args.cpu, gpus=args.gpus, sharded=sharded)
             row = [setting.name + suffix, *(f"{est[c] / GIB:.2f}" for c in COMPONENTS), f"{est['total'] / GIB:.2f}"]
             if budget is not None:
