@@ -9,12 +9,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--forget-split", help="forgetXX (default: forget10)")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 3; quick: 1)")
     parser.add_argument("--quick", action="store_true", help="one seed, two methods, a smaller testbed: ~2 minutes")
+    parser.add_argument("--workers", type=int, help="jobs side by side, one thread each (default: one per core, at "
+                                                    "most 4); the numbers do not depend on it")
 
 
 def main(args) -> int:
     from npo.demo.run import run_demo, settings_from_args
 
     settings = settings_from_args(args.quick, args.methods, args.forget_split, args.seeds)
-    report = run_demo(args.out, settings)
+    report = run_demo(args.out, settings, workers=args.workers)
     print(f"report: {report}")
     return 0
