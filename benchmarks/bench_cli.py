@@ -35,20 +35,16 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import reset_peak_rss  # noqa: E402
+
 
 def _status(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 RECORD: dict = {"rss_start_mib": _status("VmRSS")}
@@ -67,7 +63,7 @@ def _unlearn(args, extra: list[str]) -> list[str]:
             RECORD["cpu_before_steps_s"] = time.process_time() - CPU0
             RECORD["rss_before_steps_mib"] = _status("VmRSS")
             RECORD["hwm_before_steps_mib"] = _status("VmHWM")
-            RECORD["hwm_reset"] = _reset_hwm()
+            RECORD["hwm_reset"] = reset_peak_rss()
             steps.append((time.process_time(), time.perf_counter(), 0.0))
             step_fn = self.optimizer.step
 
