@@ -6,9 +6,9 @@ Two things make it faster than `generate` on the same batch:
 - the KV cache writes each step into preallocated buffers instead of concatenating (transformers'
   DynamicCache copies the whole cache every step), and the LM head runs on the last position only.
 Numerics differ from `generate`'s only in rounding (a smaller batch once rows have left), as
-`generate`'s own padded batches do; the tests compare the two token for token. Prompt-lookup drafts
-verified in one forward were measured and left out: on a CPU decoding is compute-bound in the LM
-head, which must score every draft token, so they cost more than they save (BENCHMARKS.md).
+`generate`'s own padded batches do; the tests and benchmarks/bench_decode.py compare the two token
+for token. No prompt-lookup drafts: on a CPU a decoding step's cost is dominated by the LM head,
+which would have to score every draft token.
 """
 
 from __future__ import annotations
