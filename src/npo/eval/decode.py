@@ -45,7 +45,7 @@ def _growing_cache(hf, capacity: int):
     """A transformers DynamicCache whose layers write into buffers with room for `capacity` positions
     (doubling when full) instead of concatenating, which copies the whole cache every step (44% of
     decoding 120 rows x 200 tokens of the bench model). None where this transformers has no
-    per-layer dynamic caches (the model then makes its own, and prompt lookup is off)."""
+    per-layer dynamic caches (the model then makes its own)."""
     try:
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
