@@ -19,6 +19,7 @@ import yaml
 
 from npo.data.templates import TEMPLATES
 from npo.errors import ConfigError
+from npo.eval.benchmarks import EVAL_BATCH
 
 
 def setting(default, help: str):
@@ -140,7 +141,7 @@ class TrainConfig:
     eval_protocol: str = setting("full", "full: every item; legacy300: the first 300 of each set and TOFU's "
                                          "evaluator caps")
     eval_max_new_tokens: int = setting(200, "new tokens generated per answer in evaluation")
-    eval_batch_size: int = setting(64, "batch size of evaluation and of the reference log-prob pass (64: measured, "
+    eval_batch_size: int = setting(EVAL_BATCH, "batch size of evaluation and of the reference log-prob pass (64: measured, "
                                          "BENCHMARKS.md)")
     eval_generation: str = setting("greedy", "greedy (TOFU's evaluator) or sampled after manual_seed(0) (the NPO "
                                              "authors' evaluator)")

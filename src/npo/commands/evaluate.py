@@ -7,7 +7,7 @@ from pathlib import Path
 
 from npo.data.mcq import SOURCES_HELP
 from npo.data.templates import TEMPLATES
-from npo.eval.benchmarks import BENCHMARKS
+from npo.eval.benchmarks import BENCHMARKS, EVAL_BATCH
 from npo.eval.mcq import CONVENTIONS
 
 
@@ -25,9 +25,9 @@ def add_arguments(parser) -> None:
                         help="all items (full) or the first 300 of each set (legacy300, the published logs)")
     parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
                         help="TOFU: new tokens per answer; MUSE: a cap on its 128 (VerbMem) and 32 (KnowMem)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="prompts scored or generated at once (default: 64; on a CPU 16 -> 64 halves generation "
-                             "time, larger gains little; lower it if a GPU runs out of memory)")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH, metavar="N",
+                        help=f"prompts scored or generated at once (default: {EVAL_BATCH}; on a CPU 16 -> 64 halves "
+                             "generation time, larger gains little; lower it if a GPU runs out of memory)")
     parser.add_argument("--max-length", type=int, metavar="N",
                         help="tokens per scored text, prompt + answer (default: 512; mcq: the model's context "
                              "length, as lm-evaluation-harness sets it)")

@@ -25,6 +25,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "mcq": ("npo.eval.mcq", "multiple choice (WMDP, MMLU): zero-shot accuracy per subject, as lm-evaluation-harness"),
 }
 DEFAULT_MAX_LENGTH = 512
+# texts scored and prompts generated per batch: on a CPU 16 -> 64 halves generation time and larger
+# gains little (BENCHMARKS.md section 2); one value for npo eval, the training hook and the API
+EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class EvalSpec:
     retain_logs: str | None = None  # the retain model's logs (TOFU: its eval folder; MUSE: also news|books)
     protocol: str = "full"
     max_new_tokens: int = 200
-    batch_size: int = 64
+    batch_size: int = EVAL_BATCH
     max_length: int = 512
     generation: str = "greedy"  # greedy | sampled
     identity: dict = field(default_factory=dict)  # written into the summary (model, epoch, ...)

@@ -15,6 +15,7 @@ from npo.data.batches import tokenize_qa
 from npo.data.qa import QARecord, load_qa
 from npo.data.templates import answer_prefix, render_prompt
 from npo.errors import NpoError
+from npo.eval.benchmarks import EVAL_BATCH
 from npo.eval.logs import LOG_FILES, PROTOCOLS, apply_protocol, load_log_dir, parse_log, write_log_dir
 from npo.eval.metrics import rouge_recalls, tofu_metrics
 from npo.eval.scoring import Dist, gather_in_order, generate, prompt_ids, score_texts, shard
@@ -88,7 +89,7 @@ def _official_reference(tok, template: str, rec: QARecord) -> str:
 
 
 def evaluate_sets(model, tok, template: str, sets: dict[str, list[QARecord]], *, max_length: int = 512,
-                  max_new_tokens: int = 200, batch_size: int = 64, dist: Dist | None = None,
+                  max_new_tokens: int = 200, batch_size: int = EVAL_BATCH, dist: Dist | None = None,
                   official: bool = False, sample_seed: int | None = None) -> dict[str, dict]:
     """Per-item logs for each named set, gathered in the original item order across processes (each
     handles every `world`-th item, or under `official` every `world`-th generation batch).
@@ -185,7 +186,7 @@ def summary_markdown(summary: dict) -> str:
 
 def evaluate_model(model, tok, *, data: str, forget_split: str, template: str, out: Path,
                    protocol: str = "full", retain_logs: str | None = None, max_new_tokens: int = 200,
-                   batch_size: int = 64, max_length: int = 512, identity: dict | None = None,
+                   batch_size: int = EVAL_BATCH, max_length: int = 512, identity: dict | None = None,
                    dist: Dist | None = None, generation: str = "greedy") -> dict | None:
     """Evaluate, write the official logs + summary into `out` (main process), return the summary.
     `legacy300` also applies the official evaluator's caps and batching (OFFICIAL_MAX_LENGTH);

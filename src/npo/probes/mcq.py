@@ -28,7 +28,7 @@ from npo.errors import NpoError
 from npo.eval.mcq import accuracy, convention, default_max_length, prompt, score
 from npo.modeling import check_model_path, load_for_scoring
 from npo.probes.robustness import quantizable, quantized, recovered, split_for_relearning
-from npo.probes.run import ROLES, _f, _release, _title, relearn, write_result
+from npo.probes.run import ROLES, _f, _release, _title, models_line, relearn, write_result
 
 log = logging.getLogger("npo")
 
@@ -146,9 +146,7 @@ def run_mcq_probes(model_dir, reference_dir, task: str, out, *, retain_model_dir
 
 def markdown(r: dict) -> str:
     lines = [f"## MCQ probes: {r['title']}", "",
-             f"Unlearned model `{r['model']}`, reference `{r['reference']}`"
-             + (f", retain model `{r['retain_model']}`" if r["retain_model"] else "")
-             + f"; task `{r['task']}` (convention `{r['convention']}`). See docs/mcq.md.", "",
+             models_line(r) + f"; task `{r['task']}` (convention `{r['convention']}`). See docs/mcq.md.", "",
              "| model | accuracy | questions |", "|---|---|---|"]
     lines += [f"| {ROLES[role]} | {_f(a['accuracy'])} | {a['n']} |" for role, a in r["accuracy"].items()]
     if "relearn" in r:

@@ -258,12 +258,16 @@ def _f(x, fmt=".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def models_line(r: dict) -> str:
+    """The models a probe result compares, for the start of its Markdown section."""
+    return (f"Unlearned model `{r['model']}`, reference `{r['reference']}`"
+            + (f", retain model `{r['retain_model']}`" if r["retain_model"] else ""))
+
+
 def markdown(r: dict) -> str:
     """The probes as a Markdown section (tables and one line on how to read each)."""
     lines = [f"## Probes: {r['title']}", "",
-             f"Unlearned model `{r['model']}`, reference `{r['reference']}`"
-             + (f", retain model `{r['retain_model']}`" if r["retain_model"] else "")
-             + f"; forget set `{r['forget_split']}`. See docs/probes.md for how to read these numbers.", "",
+             models_line(r) + f"; forget set `{r['forget_split']}`. See docs/probes.md for how to read these numbers.", "",
              "| forget set | probability | ROUGE-L |", "|---|---|---|"]
     lines += [f"| {ROLES[role]} | {_f(m['prob'])} | {_f(m['rouge_l'])} |" for role, m in r["forget"].items()]
     if "mia" in r:
